@@ -1,0 +1,3 @@
+from diffcsp.cli import main
+
+main()

@@ -1,0 +1,125 @@
+"""The two corruption processes of DiffCSP (SPEC §3) and their reverse steps (SPEC §6).
+
+* :class:`CosineDDPM` – variance-preserving DDPM with the cosine schedule. Used for the lattice
+  and, in ab initio generation, for one-hot atom types.
+* :class:`WrappedNormalVE` – variance-exploding wrapped normal on the torus [0, 1)^3 for
+  fractional coordinates, with the score normaliser λ_t.
+
+Schedules are tensors indexed by the integer time t = 0..T (index 0 is the clean state), stored
+as buffers so they travel with the model's weights. Reverse steps take a pair (t, s) with s < t
+so that a sampler may skip steps (respaced DDPM, Nichol & Dhariwal 2021); with s = t − 1 they
+are exactly the formulas of SPEC §6.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def cosine_betas(timesteps: int, s: float = 0.008) -> torch.Tensor:
+    """β_1..β_T of the cosine schedule, clipped to [1e-4, 0.9999] (SPEC §3)."""
+    x = torch.linspace(0, timesteps, timesteps + 1, dtype=torch.float64)
+    f = torch.cos(((x / timesteps) + s) / (1 + s) * math.pi * 0.5) ** 2
+    alpha_bar = f / f[0]
+    return torch.clip(1 - alpha_bar[1:] / alpha_bar[:-1], 1e-4, 0.9999)
+
+
+class CosineDDPM(nn.Module):
+    """x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε (SPEC §3), with ᾱ_0 = 1 at index 0."""
+
+    def __init__(self, timesteps: int = 1000, s: float = 0.008):
+        super().__init__()
+        betas = torch.cat([torch.zeros(1, dtype=torch.float64), cosine_betas(timesteps, s)])
+        alpha_bars = torch.cumprod(1 - betas, dim=0)
+        self.timesteps = timesteps
+        self.register_buffer("betas", betas.float())
+        self.register_buffer("alpha_bars", alpha_bars.float())
+
+    def add_noise(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """Noise ``x0`` to time ``t`` (broadcast over trailing dims of ``x0``)."""
+        ab = self.alpha_bars[t].view(-1, *([1] * (x0.dim() - 1)))
+        return ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+
+    def reverse_step(self, x_t: torch.Tensor, eps_hat: torch.Tensor, t: int, s: int, z: torch.Tensor | None) -> torch.Tensor:
+        """One ancestral step from t to s < t given the predicted noise.
+
+        With ᾱ_{t|s} = ᾱ_t/ᾱ_s and β = 1 − ᾱ_{t|s}: mean = (x_t − β/√(1−ᾱ_t)·ε̂)/√ᾱ_{t|s},
+        variance = β(1−ᾱ_s)/(1−ᾱ_t). For s = t−1 this is SPEC §6's predictor.
+        """
+        ab_t, ab_s = self.alpha_bars[t], self.alpha_bars[s]
+        alpha = ab_t / ab_s
+        beta = 1 - alpha
+        mean = (x_t - beta / (1 - ab_t).sqrt() * eps_hat) / alpha.sqrt()
+        if z is None or s == 0:
+            return mean
+        sigma = (beta * (1 - ab_s) / (1 - ab_t)).sqrt()
+        return mean + sigma * z
+
+
+def wrapped_normal_direction(x: torch.Tensor, sigma: torch.Tensor, n_images: int = 10) -> torch.Tensor:
+    """g(x, σ) = −∂/∂x log N_w(x; 0, σ²), the wrapped normal's negative score (SPEC §3).
+
+    Computed as a softmax-weighted mean over periodic images k = −n..n, which is the same
+    quantity as the SPEC's ratio of sums but cannot overflow/underflow for small σ.
+    """
+    k = torch.arange(-n_images, n_images + 1, dtype=x.dtype, device=x.device)
+    shifted = x.unsqueeze(-1) + k  # (..., 2n+1)
+    sigma = sigma.unsqueeze(-1)
+    weights = torch.softmax(-(shifted**2) / (2 * sigma**2), dim=-1)
+    return (weights * shifted).sum(-1) / sigma.squeeze(-1) ** 2
+
+
+def wrapped_normal_log_density(x: torch.Tensor, sigma: torch.Tensor, n_images: int = 10) -> torch.Tensor:
+    """log N_w(x; 0, σ²) on the unit circle (used by tests to check the direction)."""
+    k = torch.arange(-n_images, n_images + 1, dtype=x.dtype, device=x.device)
+    shifted = x.unsqueeze(-1) + k
+    sigma = sigma.unsqueeze(-1)
+    return torch.logsumexp(-(shifted**2) / (2 * sigma**2), dim=-1) - torch.log(sigma.squeeze(-1) * math.sqrt(2 * math.pi))
+
+
+def score_normaliser(sigmas: torch.Tensor, num_samples: int = 10_000, seed: int = 0) -> torch.Tensor:
+    """λ(σ) = E_{x~N_w(0,σ²)}[g(x,σ)²] by Monte Carlo (fixed seed so it is reproducible)."""
+    gen = torch.Generator().manual_seed(seed)
+    out = torch.empty_like(sigmas, dtype=torch.float64)
+    for start in range(0, len(sigmas), 100):  # chunks keep memory at ~100·10⁴·21 doubles
+        sig = sigmas[start : start + 100].to(torch.float64)
+        x = (torch.randn(num_samples, len(sig), generator=gen, dtype=torch.float64) * sig) % 1.0
+        out[start : start + 100] = (wrapped_normal_direction(x, sig.expand_as(x)) ** 2).mean(0)
+    return out
+
+
+class WrappedNormalVE(nn.Module):
+    """F_t = (F_0 + σ_t ε) mod 1 with geometric σ_t from σ_1 to σ_T, σ_0 = 0 (SPEC §3)."""
+
+    def __init__(self, timesteps: int = 1000, sigma_begin: float = 0.005, sigma_end: float = 0.5, mc_samples: int = 10_000):
+        super().__init__()
+        sigmas = torch.exp(torch.linspace(math.log(sigma_begin), math.log(sigma_end), timesteps, dtype=torch.float64))
+        # mc_samples=0: placeholder ones, for models whose stored λ_t is loaded right after.
+        lambdas = score_normaliser(sigmas, num_samples=mc_samples) if mc_samples else torch.ones_like(sigmas)
+        self.timesteps = timesteps
+        self.register_buffer("sigmas", torch.cat([torch.zeros(1, dtype=torch.float64), sigmas]).float())
+        self.register_buffer("lambdas", torch.cat([torch.ones(1, dtype=torch.float64), lambdas]).float())
+
+    def add_noise(self, f0: torch.Tensor, sigma: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """Noise fractional coordinates with per-atom σ (shape (N, 1))."""
+        return (f0 + sigma * eps) % 1.0
+
+    def target(self, sigma: torch.Tensor, eps: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+        """Training target g(σε, σ)/√λ: unit-scale at every noise level."""
+        return wrapped_normal_direction(sigma * eps, sigma.expand_as(eps)) / lam.sqrt()
+
+    def corrector_step(self, f: torch.Tensor, score_dir: torch.Tensor, t: int, step_lr: float, z: torch.Tensor) -> torch.Tensor:
+        """Langevin step F ← F − η ŝ + √(2η) z with η = γ (σ_t/σ_1)² (SPEC §6, step 1)."""
+        eta = step_lr * (self.sigmas[t] / self.sigmas[1]) ** 2
+        return (f - eta * score_dir + torch.sqrt(2 * eta) * z) % 1.0
+
+    def predictor_step(self, f: torch.Tensor, score_dir: torch.Tensor, t: int, s: int, z: torch.Tensor | None) -> torch.Tensor:
+        """Reverse-SDE step from σ_t to σ_s (SPEC §6, step 2); no noise when s = 0."""
+        var_t, var_s = self.sigmas[t] ** 2, self.sigmas[s] ** 2
+        f = f - (var_t - var_s) * score_dir
+        if z is not None and s > 0:
+            f = f + torch.sqrt(var_s * (var_t - var_s) / var_t) * z
+        return f % 1.0

@@ -1,0 +1,441 @@
+"""CSP metrics (SPEC §7): structural validity, StructureMatcher match rate and RMSE, over k samples.
+
+The protocol follows CDVAE/DiffCSP:
+
+* a sample is *valid* when every periodic interatomic distance exceeds 0.5 Å and the cell volume
+  exceeds 0.1 Å³ (CDVAE's ``structure_validity``);
+* a valid sample *matches* its ground truth when
+  ``StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3).get_rms_dist(sample, gt)`` is not None; its
+  RMSE is the first returned value (RMS displacement normalised by ``(V/N)^(1/3)``);
+* with k samples a crystal is matched when any sample matches, and its RMSE is the smallest among
+  the matching samples.
+
+StructureMatcher can run for minutes on pathological pairs (huge numbers of candidate lattices),
+so every match is bounded by a wall-clock limit implemented with ``SIGALRM``: the crystals are
+spread over worker processes, each match runs in the worker's main thread, where a Python-level
+signal handler can interrupt it. A timed-out pair counts as unmatched and is tallied separately so
+the report shows how often it happened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import multiprocessing
+import os
+import signal
+import threading
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+from pymatgen.analysis.structure_matcher import StructureMatcher
+from pymatgen.core import Structure
+from tqdm.auto import tqdm
+
+from diffcsp.fileio import atomic_write
+from diffcsp.predictions import Predictions, dict_to_structure, structure_to_dict
+
+#: A structure as the evaluator accepts it: a pymatgen Structure or a predictions-file dict.
+StructureLike = Union[Structure, dict[str, Any]]
+#: One test crystal: (id, formula, ground truth, samples).
+CrystalInput = tuple[str, str, StructureLike, Sequence[StructureLike]]
+
+MATCHER_KWARGS: dict[str, float] = {"stol": 0.5, "angle_tol": 10, "ltol": 0.3}
+
+
+# --------------------------------------------------------------------------------------------
+# Single-structure / single-pair checks
+# --------------------------------------------------------------------------------------------
+
+
+def is_structurally_valid(structure: Structure, cutoff: float = 0.5, min_volume: float = 0.1) -> bool:
+    """CDVAE's structural validity: smallest periodic distance > ``cutoff`` and volume > ``min_volume``.
+
+    The diagonal of the distance matrix (an atom to itself) is ignored, exactly as CDVAE does by
+    padding it with a large number, so an atom is not compared with its own periodic images.
+    Non-finite lattices or coordinates (a diverged sampler) and structures pymatgen cannot even
+    measure are invalid rather than errors, because a single bad sample must not abort an
+    evaluation of thousands.
+    """
+    try:
+        if len(structure) == 0:
+            return False
+        if not (np.isfinite(structure.lattice.matrix).all() and np.isfinite(structure.frac_coords).all()):
+            return False
+        volume = float(structure.volume)
+        if not math.isfinite(volume) or volume <= min_volume:
+            return False
+        dist = np.array(structure.distance_matrix, dtype=float)
+        np.fill_diagonal(dist, np.inf)
+        if not np.isfinite(dist[~np.eye(len(dist), dtype=bool)]).all():
+            return False
+        return bool(dist.min() > cutoff)
+    except Exception:
+        return False
+
+
+def make_matcher() -> StructureMatcher:
+    """The matcher of the benchmark protocol (CDVAE/DiffCSP tolerances, all other defaults).
+
+    Defaults matter: ``primitive_cell=True`` reduces both structures to primitive cells first, so a
+    supercell of the ground truth still matches; ``scale=True`` rescales both to a common volume,
+    so the RMSE measures shape, not density.
+    """
+    return StructureMatcher(**MATCHER_KWARGS)
+
+
+_MATCHER: StructureMatcher | None = None
+
+
+def _default_matcher() -> StructureMatcher:
+    global _MATCHER
+    if _MATCHER is None:
+        _MATCHER = make_matcher()
+    return _MATCHER
+
+
+def rms_distance(pred: Structure, gt: Structure, matcher: StructureMatcher | None = None) -> float | None:
+    """Normalised RMS displacement of ``pred`` onto ``gt``; None when they do not match.
+
+    Exceptions inside pymatgen (degenerate lattices, etc.) count as "no match", as in DiffCSP's
+    ``compute_metrics.py``.
+    """
+    matcher = matcher or _default_matcher()
+    try:
+        result = matcher.get_rms_dist(pred, gt)
+    except Exception:
+        return None
+    return None if result is None else float(result[0])
+
+
+class _MatchTimeout(BaseException):
+    """Raised by the SIGALRM handler. A BaseException so pymatgen's ``except Exception`` can't eat it."""
+
+
+_alarm_armed = False
+_alarm_fired = False
+
+
+def _on_alarm(signum: int, frame: Any) -> None:
+    global _alarm_fired
+    # A signal that arrives just after the timer was cancelled must not escape into unrelated code.
+    if _alarm_armed:
+        _alarm_fired = True
+        raise _MatchTimeout()
+
+
+def _can_use_alarm() -> bool:
+    """SIGALRM handlers can only be installed from the main thread, and only on POSIX."""
+    return hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+
+
+_warmed_up = False
+
+
+def _warm_up() -> None:
+    """Run one small match unbounded, once per process.
+
+    pymatgen imports some extension modules lazily on first use (e.g. ``pymatgen.optimization.
+    neighbors`` inside ``Lattice.get_points_in_sphere``, behind ``except ImportError``). An alarm
+    landing inside that import is turned into an ImportError and silently swallowed, so the first
+    match of a fresh process could not be interrupted reliably. Importing up front avoids it.
+    """
+    global _warmed_up
+    if _warmed_up:
+        return
+    _warmed_up = True
+    with contextlib.suppress(Exception):
+        s = Structure(np.eye(3) * 4.0, ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+        _default_matcher().get_rms_dist(s, s.copy())
+
+
+def rms_distance_limited(
+    pred: Structure, gt: Structure, timeout: float | None, matcher: StructureMatcher | None = None
+) -> tuple[float | None, bool]:
+    """:func:`rms_distance` bounded by ``timeout`` seconds of wall time; returns ``(rmse, timed_out)``.
+
+    Uses ``signal.setitimer``; the previous SIGALRM handler is restored afterwards. The timer
+    repeats (every ``timeout/10``, at least 10 ms) until cancelled, so an interruption swallowed by
+    library code is re-raised shortly after, and a pair during which the alarm fired counts as
+    timed out even if the match then finished: the limit was exceeded either way, and the outcome
+    does not depend on where the signal landed. Without a usable alarm (non-main thread,
+    non-POSIX) or with ``timeout`` None/<= 0 the match runs unbounded.
+    """
+    global _alarm_armed, _alarm_fired
+    matcher = matcher or _default_matcher()
+    if timeout is None or timeout <= 0 or not _can_use_alarm():
+        return rms_distance(pred, gt, matcher), False
+    _warm_up()
+    previous = signal.signal(signal.SIGALRM, _on_alarm)
+    result = None
+    try:
+        try:
+            _alarm_fired = False
+            _alarm_armed = True
+            signal.setitimer(signal.ITIMER_REAL, timeout, max(timeout / 10, 0.01))
+            try:
+                result = matcher.get_rms_dist(pred, gt)
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                _alarm_armed = False
+        except _MatchTimeout:
+            return None, True
+        except Exception:
+            return None, _alarm_fired
+    finally:
+        _alarm_armed = False
+        signal.signal(signal.SIGALRM, previous)
+    if _alarm_fired:
+        return None, True
+    return (None if result is None else float(result[0])), False
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CrystalResult:
+    """Per-crystal outcome. ``sample_rmse[i]`` is None when sample i is invalid or unmatched."""
+
+    id: str
+    formula: str
+    n_samples: int
+    sample_valid: list[bool]
+    sample_rmse: list[float | None]
+    timeouts: int = 0
+    gt_valid: bool = True
+
+    @property
+    def matched_k1(self) -> bool:
+        return bool(self.sample_rmse) and self.sample_rmse[0] is not None
+
+    @property
+    def rmse_k1(self) -> float | None:
+        return self.sample_rmse[0] if self.sample_rmse else None
+
+    @property
+    def valid_k1(self) -> bool:
+        return bool(self.sample_valid) and self.sample_valid[0]
+
+    def matched_first(self, k: int) -> bool:
+        """Whether any of the first ``k`` samples matches."""
+        return any(r is not None for r in self.sample_rmse[:k])
+
+    @property
+    def matched_k(self) -> bool:
+        return self.matched_first(self.n_samples)
+
+    @property
+    def rmse_k(self) -> float | None:
+        values = [r for r in self.sample_rmse if r is not None]
+        return min(values) if values else None
+
+    @property
+    def valid_rate(self) -> float:
+        return sum(self.sample_valid) / len(self.sample_valid) if self.sample_valid else 0.0
+
+    def as_row(self) -> dict[str, Any]:
+        """CSV row: ``matched``/``rmse``/``valid`` are the k-sample results (k = 1 when one sample)."""
+        return {
+            "id": self.id,
+            "formula": self.formula,
+            "n_samples": self.n_samples,
+            "matched": self.matched_k,
+            "rmse": self.rmse_k,
+            "valid": self.valid_rate,
+            "matched_k1": self.matched_k1,
+            "rmse_k1": self.rmse_k1,
+            "valid_k1": self.valid_k1,
+            "gt_valid": self.gt_valid,
+            "timeouts": self.timeouts,
+        }
+
+
+CSV_COLUMNS = [
+    "id", "formula", "n_samples", "matched", "rmse", "valid",
+    "matched_k1", "rmse_k1", "valid_k1", "gt_valid", "timeouts",
+]  # fmt: skip
+
+
+def _mean(values: Iterable[float]) -> float | None:
+    values = list(values)
+    return float(np.mean(values)) if values else None
+
+
+@dataclass
+class CSPReport:
+    """Results of :func:`evaluate_csp`: one :class:`CrystalResult` per test crystal, in input order."""
+
+    rows: list[CrystalResult] = field(default_factory=list)
+
+    @property
+    def timeouts(self) -> int:
+        return sum(r.timeouts for r in self.rows)
+
+    def summary(self) -> dict[str, Any]:
+        """Headline metrics. Rates are over all crystals (SPEC §7); RMSEs over matched crystals only."""
+        n = len(self.rows)
+        k = max((r.n_samples for r in self.rows), default=0)
+        all_valid = [v for r in self.rows for v in r.sample_valid]
+        return {
+            "n": n,
+            "k": k,
+            "match_rate": (sum(r.matched_k1 for r in self.rows) / n) if n else 0.0,
+            "rmse": _mean(r.rmse_k1 for r in self.rows if r.rmse_k1 is not None),
+            "valid_rate": (sum(r.valid_k1 for r in self.rows) / n) if n else 0.0,
+            "match_rate_k": (sum(r.matched_k for r in self.rows) / n) if n else 0.0,
+            "rmse_k": _mean(r.rmse_k for r in self.rows if r.rmse_k is not None),
+            "valid_rate_k": (sum(all_valid) / len(all_valid)) if all_valid else 0.0,
+            "timeouts": self.timeouts,
+        }
+
+    def match_rate_curve(self, ks: Iterable[int]) -> list[tuple[int, float]]:
+        """Any-of-first-k match rate for each k (crystals with fewer samples use all they have)."""
+        n = len(self.rows)
+        return [(int(k), (sum(r.matched_first(int(k)) for r in self.rows) / n) if n else 0.0) for k in ks]
+
+    def to_csv(self, path: str | Path) -> Path:
+        """Write the per-crystal rows (see :data:`CSV_COLUMNS`) atomically; empty cell = no RMSE."""
+        path = Path(path)
+        with atomic_write(path, "w") as handle:
+            writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, lineterminator="\n")
+            writer.writeheader()
+            for row in self.rows:
+                writer.writerow({key: ("" if value is None else value) for key, value in row.as_row().items()})
+        return path
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation (parallel)
+# --------------------------------------------------------------------------------------------
+
+
+def _to_dict(s: StructureLike) -> dict[str, Any]:
+    return s if isinstance(s, dict) else structure_to_dict(s)
+
+
+def _to_structure(s: StructureLike) -> Structure | None:
+    """Decode a sample; a sample pymatgen cannot build (e.g. singular lattice) is returned as None."""
+    if isinstance(s, Structure):
+        return s
+    try:
+        return dict_to_structure(s)
+    except Exception:
+        return None
+
+
+def _evaluate_crystal(
+    cid: str, formula: str, gt: StructureLike, samples: Sequence[StructureLike], timeout: float | None
+) -> CrystalResult:
+    """All samples of one crystal; runs in a worker process (or inline when workers == 1)."""
+    gt_structure = _to_structure(gt)
+    gt_valid = gt_structure is not None and is_structurally_valid(gt_structure)
+    valid: list[bool] = []
+    rmses: list[float | None] = []
+    timeouts = 0
+    for sample in samples:
+        structure = _to_structure(sample)
+        ok = structure is not None and is_structurally_valid(structure)
+        rmse: float | None = None
+        if ok and gt_structure is not None:
+            rmse, timed_out = rms_distance_limited(structure, gt_structure, timeout)
+            timeouts += int(timed_out)
+        valid.append(ok)
+        rmses.append(rmse)
+    return CrystalResult(
+        id=str(cid),
+        formula=str(formula),
+        n_samples=len(samples),
+        sample_valid=valid,
+        sample_rmse=rmses,
+        timeouts=timeouts,
+        gt_valid=gt_valid,
+    )
+
+
+def _worker_init() -> None:
+    # Workers must not inherit a SIGINT handler that fights the parent's KeyboardInterrupt handling,
+    # and need no more than one BLAS thread each (the matcher's arrays are tiny).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    except Exception:
+        pass
+
+
+def _mp_context() -> multiprocessing.context.BaseContext:
+    """forkserver where available: fork-safe even if the parent runs threads (torch), and cheap
+    because the server imports pymatgen once."""
+    methods = multiprocessing.get_all_start_methods()
+    if "forkserver" in methods:
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["diffcsp.metrics"])
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
+def evaluate_csp(
+    pairs: Sequence[CrystalInput],
+    workers: int | None = None,
+    timeout: float | None = 60.0,
+    progress: bool = True,
+) -> CSPReport:
+    """Validity, match and RMSE of every sample of every crystal; rows come back in input order.
+
+    ``pairs``: one ``(id, formula, ground_truth, samples)`` with structures as pymatgen Structures
+    or predictions-file dicts. ``workers`` defaults to ``os.cpu_count()``; with one worker the
+    work runs inline (SIGALRM works in the main thread). ``timeout`` bounds each single match.
+    """
+    n = len(pairs)
+    workers = max(1, min(workers or os.cpu_count() or 1, max(n, 1)))
+    results: list[CrystalResult | None] = [None] * n
+    bar = tqdm(total=n, desc="matching", unit="crystal", disable=not progress)
+    try:
+        if workers == 1 and _can_use_alarm():
+            # Same dict encoding as the pool path, so results do not depend on the worker count.
+            for i, (cid, formula, gt, samples) in enumerate(pairs):
+                results[i] = _evaluate_crystal(cid, formula, _to_dict(gt), [_to_dict(s) for s in samples], timeout)
+                bar.update(1)
+        else:
+            # (workers == 1 lands here off the main thread: a thread cannot install SIGALRM
+            # handlers, a worker process's main thread can.)
+            pool = ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context(), initializer=_worker_init)
+            try:
+                futures = {
+                    pool.submit(
+                        _evaluate_crystal, cid, formula, _to_dict(gt), [_to_dict(s) for s in samples], timeout
+                    ): i
+                    for i, (cid, formula, gt, samples) in enumerate(pairs)
+                }
+                for future in as_completed(futures):
+                    results[futures[future]] = future.result()
+                    bar.update(1)
+            except BaseException:
+                # Ctrl-C or a failed crystal: drop the queued work instead of finishing all of it.
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+            pool.shutdown(wait=True)
+    finally:
+        bar.close()
+    return CSPReport(rows=[r for r in results if r is not None])
+
+
+def predictions_to_crystals(preds: Predictions) -> list[CrystalInput]:
+    """The evaluator's input from a loaded CSP predictions file (structures stay as dicts)."""
+    if preds.task != "csp":
+        raise ValueError(f"CSP metrics need a 'csp' predictions file, got task {preds.task!r}")
+    return [(str(c["id"]), str(c.get("formula", "")), c["ground_truth"], list(c["samples"])) for c in preds.crystals]
+
+
+def evaluate_predictions(preds: Predictions, **kw: Any) -> CSPReport:
+    """:func:`evaluate_csp` on a loaded predictions file; keyword arguments are passed through."""
+    return evaluate_csp(predictions_to_crystals(preds), **kw)

@@ -1,0 +1,355 @@
+"""Training with Lightning: presets, the data protocol, run directories, resume.
+
+A run directory holds everything needed to understand and continue a run::
+
+    RUN_DIR/config.json          full training configuration (incl. the model settings)
+    RUN_DIR/protocol.json        which files/rows were trained and validated on
+    RUN_DIR/checkpoints/last.ckpt, best.ckpt   (written atomically)
+    RUN_DIR/metrics.csv          one row per epoch
+    RUN_DIR/training_curve.png   losses and learning rate against epochs
+    RUN_DIR/model/               best model exported as safetensors + config.json
+
+Resuming reads ``config.json`` and continues from ``last.ckpt``: the epochs it records are
+never repeated, an epoch cut short by a kill is redone from its start, and the shuffling order
+of every epoch depends only on (seed, epoch), so a resumed run sees the same data order.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch.utils.data import DataLoader, Sampler
+
+from diffcsp.batching import TableDataset
+from diffcsp.checkpoint import export_model
+from diffcsp.data import CrystalTable, load_split
+from diffcsp.fileio import atomic_write, write_json
+from diffcsp.model import DiffCSP, ModelConfig
+from diffcsp.registry import get_dataset, split_path
+
+#: Paper settings (SPEC §4/§5): epochs and batch size per dataset.
+PAPER_SCHEDULE = {"perov_5": (3000, 1024), "carbon_24": (4000, 256), "mp_20": (1000, 256),
+                  "mpts_52": (1000, 64), "mp_20_mini": (1000, 256)}
+#: CPU preset: a 4-layer, 128-wide CSPNet with 32 Fourier frequencies (~0.6 M parameters instead
+#: of ~12 M). One Perov-5 epoch (3.4 k crystals) then takes ~3 s on 2 cores, so the epoch
+#: budgets below fit in about an hour on this class of machine; batch 256 gives ~13 optimiser
+#: steps per epoch, about the paper's total step count for Perov-5.
+CPU_SCHEDULE = {"perov_5": (1000, 256), "carbon_24": (400, 128), "mp_20": (200, 256),
+                "mpts_52": (100, 64), "mp_20_mini": (400, 128)}
+CPU_MODEL = {"hidden": 128, "num_layers": 4, "num_freqs": 32, "time_dim": 64}
+PAPER_MODEL = {"hidden": 512, "num_layers": 6, "num_freqs": 128, "time_dim": 256}
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (diverged, bad run directory)."""
+
+
+@dataclass
+class TrainConfig:
+    """All settings of a training run; saved as RUN_DIR/config.json."""
+
+    dataset: str
+    out: str
+    task: str = "csp"
+    preset: str = "cpu"
+    data_dir: str | None = None
+    epochs: int = 0
+    batch_size: int = 0
+    lr: float = 1e-3
+    lr_factor: float = 0.6
+    lr_patience: int = 30
+    min_lr: float = 1e-4
+    grad_clip: float = 0.5
+    seed: int = 0
+    val_fraction: float = 0.1
+    limit: int | None = None  # use only the first N training crystals (tests, smoke runs)
+    accelerator: str = "auto"
+    devices: str = "auto"
+    num_nodes: int = 1
+    model: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_preset(cls, dataset: str, out: str, preset: str = "cpu", task: str = "csp", **overrides: Any) -> TrainConfig:
+        info = get_dataset(dataset)
+        if preset not in ("cpu", "paper"):
+            raise ValueError(f"unknown preset {preset!r}; use 'cpu' or 'paper'")
+        epochs, batch = (CPU_SCHEDULE if preset == "cpu" else PAPER_SCHEDULE)[dataset]
+        model = dict(CPU_MODEL if preset == "cpu" else PAPER_MODEL, task=task, dataset=dataset, max_atoms=info.max_atoms)
+        model.update(overrides.pop("model", {}) or {})
+        cfg = cls(dataset=dataset, out=str(out), task=task, preset=preset, epochs=epochs, batch_size=batch, model=model)
+        for key, value in overrides.items():
+            if value is not None:
+                setattr(cfg, key, value)
+        return cfg
+
+
+# -- data protocol --------------------------------------------------------------------------
+def resolve_protocol(cfg: TrainConfig, progress: bool = True) -> tuple[CrystalTable, CrystalTable, dict[str, Any]]:
+    """Official train/val if train.csv exists, else 'val→test': train on the official val
+    split minus a fixed held-out part, which is used for validation and model selection."""
+    if split_path(cfg.dataset, "train", cfg.data_dir).is_file():
+        train = load_split(cfg.dataset, "train", cfg.data_dir, progress=progress)
+        val = load_split(cfg.dataset, "val", cfg.data_dir, progress=progress)
+        protocol = {"name": "official", "train": "train.csv", "val": "val.csv"}
+    else:
+        full = load_split(cfg.dataset, "val", cfg.data_dir, progress=progress)
+        order = np.random.default_rng(12345).permutation(len(full))  # fixed for every run
+        n_val = max(1, int(round(cfg.val_fraction * len(full))))
+        val, train = full.subset(np.sort(order[:n_val])), full.subset(np.sort(order[n_val:]))
+        protocol = {"name": "val->test", "train": f"val.csv minus held-out {n_val} rows",
+                    "val": f"val.csv held-out {n_val} rows (permutation seed 12345)",
+                    "note": "official train split not available; test.csv is for reporting only",
+                    "held_out_ids": val.ids}
+    if cfg.limit:
+        train = train.subset(np.arange(min(cfg.limit, len(train))))
+        val = val.subset(np.arange(min(cfg.limit, len(val))))
+    protocol.update(dataset=cfg.dataset, train_size=len(train), val_size=len(val),
+                    train_source=train.source.get("path"), val_source=val.source.get("path"))
+    return train, val, protocol
+
+
+class EpochSeededSampler(Sampler[int]):
+    """Random permutation drawn from (seed, epoch): the same order after a resume."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:  # called by Lightning at every epoch
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=gen).tolist())
+
+
+def train_loader(table: CrystalTable, batch_size: int, seed: int) -> DataLoader:
+    dataset = TableDataset(table)
+    return DataLoader(dataset, batch_size=batch_size, sampler=EpochSeededSampler(len(table), seed), collate_fn=dataset.collate)
+
+
+def eval_loader(table: CrystalTable, batch_size: int) -> DataLoader:
+    dataset = TableDataset(table)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=dataset.collate)
+
+
+# -- Lightning pieces -----------------------------------------------------------------------
+class DiffCSPModule(L.LightningModule):
+    """Lightning wrapper: optimiser, schedule, divergence guard, deterministic validation."""
+
+    def __init__(self, model_config: dict[str, Any], lr: float = 1e-3, lr_factor: float = 0.6, lr_patience: int = 30,
+                 min_lr: float = 1e-4):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = DiffCSP(ModelConfig.from_dict(model_config))
+        self._train_sum, self._train_count = 0.0, 0
+
+    def training_step(self, batch, batch_idx):
+        losses = self.model.loss(batch)
+        if not torch.isfinite(losses["loss"]):
+            raise TrainingError(
+                f"loss became {losses['loss'].item()} at epoch {self.current_epoch}, batch {batch_idx} "
+                f"({', '.join(f'{k}={v.item():.4g}' for k, v in losses.items())}); stopping before any "
+                "checkpoint is written. Lower --lr or check the data for degenerate cells."
+            )
+        self._train_sum += losses["loss"].item() * batch.num_graphs
+        self._train_count += batch.num_graphs
+        self.log("train_loss", losses["loss"], batch_size=batch.num_graphs, prog_bar=True)
+        return losses["loss"]
+
+    def on_validation_epoch_start(self) -> None:
+        # Same noise for every validation pass, so val_loss compares epochs, not luck.
+        self._rng_state = torch.get_rng_state()
+        torch.manual_seed(987654321)
+
+    def validation_step(self, batch, batch_idx):
+        losses = self.model.loss(batch)
+        for key, value in losses.items():
+            self.log(f"val_{key.removeprefix('loss_')}" if key != "loss" else "val_loss", value,
+                     batch_size=batch.num_graphs, on_epoch=True, prog_bar=key == "loss")
+
+    def on_validation_epoch_end(self) -> None:
+        torch.set_rng_state(self._rng_state)
+
+    def pop_train_loss(self) -> float:
+        mean = self._train_sum / max(self._train_count, 1)
+        self._train_sum, self._train_count = 0.0, 0
+        return mean
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        opt = torch.optim.Adam(self.model.parameters(), lr=hp.lr)
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=hp.lr_factor, patience=hp.lr_patience,
+                                                           min_lr=hp.min_lr)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val_loss", "interval": "epoch"}}
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints go to a temporary file first, then are renamed: a kill never leaves a torn file."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        with atomic_write(Path(path)) as handle:
+            handle.write(buffer.getvalue())
+
+
+METRIC_COLUMNS = ["epoch", "train_loss", "val_loss", "val_lattice", "val_coord", "val_type", "lr", "epoch_seconds", "elapsed_seconds"]
+
+
+class MetricsLog(Callback):
+    """Writes RUN_DIR/metrics.csv (whole file, atomically) and the training-curve PNG."""
+
+    def __init__(self, run_dir: Path, plot_every: int = 10):
+        self.run_dir, self.plot_every = run_dir, plot_every
+        self.rows: list[dict[str, Any]] = []
+        self._epoch_start = time.perf_counter()
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        path = self.run_dir / "metrics.csv"
+        if path.is_file():  # resume: keep only epochs the checkpoint has completed
+            with open(path) as handle:
+                self.rows = [r for r in csv.DictReader(handle) if int(r["epoch"]) < trainer.current_epoch]
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._epoch_start = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        m = trainer.callback_metrics
+        seconds = time.perf_counter() - self._epoch_start
+        elapsed = (float(self.rows[-1]["elapsed_seconds"]) if self.rows else 0.0) + seconds
+        row = {"epoch": trainer.current_epoch, "train_loss": pl_module.pop_train_loss(),
+               "val_loss": _f(m.get("val_loss")), "val_lattice": _f(m.get("val_lattice")),
+               "val_coord": _f(m.get("val_coord")), "val_type": _f(m.get("val_type")),
+               "lr": trainer.optimizers[0].param_groups[0]["lr"], "epoch_seconds": round(seconds, 3),
+               "elapsed_seconds": round(elapsed, 3)}
+        self.rows = [r for r in self.rows if int(r["epoch"]) != row["epoch"]] + [row]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        with atomic_write(self.run_dir / "metrics.csv", "w") as handle:
+            handle.write(buffer.getvalue())
+        if (row["epoch"] + 1) % self.plot_every == 0 or row["epoch"] + 1 == trainer.max_epochs:
+            plot_training_curve(self.run_dir / "metrics.csv", self.run_dir / "training_curve.png")
+
+
+def _f(value) -> float | str:
+    return float(value) if value is not None else ""
+
+
+def plot_training_curve(metrics_csv: Path, out_png: Path) -> Path:
+    """Losses (log scale) and learning rate against epochs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(metrics_csv) as handle:
+        rows = list(csv.DictReader(handle))
+    epochs = [int(r["epoch"]) for r in rows]
+    fig, (ax, ax_lr) = plt.subplots(2, 1, figsize=(7, 6), sharex=True, height_ratios=[3, 1])
+    for key, label in [("train_loss", "train loss"), ("val_loss", "val loss"), ("val_lattice", "val lattice"),
+                       ("val_coord", "val coord"), ("val_type", "val type")]:
+        values = [float(r[key]) if r.get(key) not in (None, "") else math.nan for r in rows]
+        if not all(math.isnan(v) for v in values):
+            ax.plot(epochs, values, label=label, lw=1.2 if "loss" in key else 0.8)
+    ax.set_yscale("log")
+    ax.set_ylabel("MSE")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    ax_lr.plot(epochs, [float(r["lr"]) for r in rows], color="k")
+    ax_lr.set_ylabel("learning rate")
+    ax_lr.set_xlabel("epoch")
+    ax_lr.set_yscale("log")
+    fig.suptitle(str(metrics_csv.parent.name))
+    fig.tight_layout()
+    with atomic_write(out_png) as handle:
+        fig.savefig(handle, format="png", dpi=110)
+    plt.close(fig)
+    return out_png
+
+
+# -- entry points ----------------------------------------------------------------------------
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
+    """Train (or resume) a run; returns the run directory. Exports the best model at the end."""
+    run_dir = Path(cfg.out)
+    ckpt_dir = run_dir / "checkpoints"
+    last = ckpt_dir / "last.ckpt"
+    if resume:
+        if not last.is_file():
+            raise TrainingError(f"{run_dir}: nothing to resume (no checkpoints/last.ckpt)")
+    elif last.is_file():
+        raise TrainingError(f"{run_dir} already holds a run; use --resume to continue it or choose another --out")
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    train_table, val_table, protocol = resolve_protocol(cfg, progress=progress)
+    if not resume:
+        hist = np.bincount(train_table.num_atoms, minlength=cfg.model["max_atoms"] + 1)
+        cfg.model["num_atoms_hist"] = hist.tolist()
+        cfg.model["elements"] = sorted({int(z) for z in train_table.numbers})
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / "config.json", asdict(cfg))
+        write_json(run_dir / "protocol.json", protocol)
+    print(f"data protocol: {protocol['name']} — train {protocol['train_size']} crystals ({protocol['train']}), "
+          f"validation {protocol['val_size']} ({protocol['val']})")
+
+    module = DiffCSPModule(cfg.model, lr=cfg.lr, lr_factor=cfg.lr_factor, lr_patience=cfg.lr_patience, min_lr=cfg.min_lr)
+    callbacks = [
+        MetricsLog(run_dir),
+        ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_loss", mode="min", save_top_k=1,
+                        save_last=True, enable_version_counter=False),
+    ]
+    if progress:
+        callbacks.append(TQDMProgressBar(refresh_rate=max(1, math.ceil(len(train_table) / cfg.batch_size) // 2)))
+    trainer = L.Trainer(
+        max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=_devices(cfg.devices), num_nodes=cfg.num_nodes,
+        gradient_clip_val=cfg.grad_clip, gradient_clip_algorithm="value", callbacks=callbacks, logger=False,
+        enable_progress_bar=progress, enable_model_summary=False, default_root_dir=run_dir, num_sanity_val_steps=0,
+        plugins=[AtomicCheckpointIO()],
+    )
+    start = time.perf_counter()
+    trainer.fit(module, train_loader(train_table, cfg.batch_size, cfg.seed), eval_loader(val_table, cfg.batch_size),
+                ckpt_path=str(last) if resume else None)
+    wall = time.perf_counter() - start
+    best = ckpt_dir / "best.ckpt"
+    from diffcsp.checkpoint import load_model
+
+    model = load_model(best if best.is_file() else last)
+    rows = callbacks[0].rows
+    export_model(model, run_dir / "model", meta={
+        "dataset": cfg.dataset, "task": cfg.task, "preset": cfg.preset, "protocol": protocol["name"],
+        "epochs": len(rows), "best_val_loss": min((float(r["val_loss"]) for r in rows), default=None),
+        "train_seconds": round(sum(float(r["epoch_seconds"]) for r in rows), 1),
+        "last_session_seconds": round(wall, 1),
+    })
+    if rows:
+        plot_training_curve(run_dir / "metrics.csv", run_dir / "training_curve.png")
+    return run_dir
+
+
+def _devices(value: str) -> int | str:
+    return int(value) if str(value).isdigit() else value
+
+
+def load_run_config(run_dir: Path) -> TrainConfig:
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise TrainingError(f"{run_dir}: not a run directory (no config.json)")
+    import json
+
+    return TrainConfig(**json.loads(path.read_text()))

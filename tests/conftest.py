@@ -1,0 +1,35 @@
+"""Shared fixtures: where the real benchmark CSVs are, and a private cache for every test."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _datasets_dir() -> Path:
+    return Path(os.environ.get("DIFFCSP_DATA") or REPO.parent / "shared" / "datasets")
+
+
+@pytest.fixture(scope="session")
+def datasets_dir() -> Path:
+    """Folder holding the real benchmark CSVs (``$DIFFCSP_DATA`` or ``<repo>/../shared/datasets``)."""
+    path = _datasets_dir()
+    if not path.is_dir():
+        pytest.skip(f"benchmark CSVs not found in {path} (set DIFFCSP_DATA to a folder holding perov_5/val.csv, ...)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def session_cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("diffcsp-cache")
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(session_cache_dir, monkeypatch) -> Path:
+    """Point $DIFFCSP_CACHE at a temporary folder so no test reads or writes the user's cache."""
+    monkeypatch.setenv("DIFFCSP_CACHE", str(session_cache_dir))
+    return session_cache_dir
