@@ -9,6 +9,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# One BLAS/OpenMP thread per process: tests start CLI subprocesses and worker pools, and on a
+# 2-core machine oversubscribed OpenMP threads spin-wait each other to a standstill.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 def _datasets_dir() -> Path:
     return Path(os.environ.get("DIFFCSP_DATA") or REPO.parent / "shared" / "datasets")

@@ -18,15 +18,12 @@ from typing import Any
 
 import torch
 
+from diffcsp.errors import CheckpointError
 from diffcsp.fileio import atomic_write, write_json
 from diffcsp.model import DiffCSP, ModelConfig
 
 BUNDLED_DIR = Path(__file__).parent / "models"
 DEFAULT_MODEL = "perov_5_cpu"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: missing, damaged, or made for other settings."""
 
 
 def export_model(model: DiffCSP, out_dir: str | Path, meta: dict[str, Any] | None = None) -> Path:

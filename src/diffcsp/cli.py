@@ -24,18 +24,10 @@ def _fail(message: str) -> None:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from diffcsp.checkpoint import CheckpointError
-    from diffcsp.data import DataError
-    from diffcsp.training import TrainingError
+    from diffcsp import errors
 
-    errors: list[type[BaseException]] = [CheckpointError, DataError, TrainingError, FileNotFoundError, ValueError]
-    try:
-        from diffcsp.download import DownloadError
-
-        errors.append(DownloadError)
-    except ImportError:
-        pass
-    return tuple(errors)
+    return (errors.CheckpointError, errors.DataError, errors.TrainingError, errors.DownloadError,
+            errors.CompositionError, FileNotFoundError, ValueError)
 
 
 class _Guard:
@@ -124,6 +116,9 @@ def train_cmd(
     lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate (default 1e-3).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for initialisation, noise and data order.")] = 0,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Train on the first N crystals only (smoke tests).")] = None,
+    hidden: Annotated[Optional[int], typer.Option("--hidden", help="Override the preset's CSPNet width.")] = None,
+    num_layers: Annotated[Optional[int], typer.Option("--num-layers", help="Override the preset's number of message-passing layers.")] = None,
+    num_freqs: Annotated[Optional[int], typer.Option("--num-freqs", help="Override the preset's Fourier frequency count K.")] = None,
     accelerator: Annotated[str, typer.Option("--accelerator", help="Lightning accelerator: auto, cpu, gpu.")] = "auto",
     devices: Annotated[str, typer.Option("--devices", help="Lightning devices (e.g. 4 for DDP on four GPUs).")] = "auto",
     num_nodes: Annotated[int, typer.Option("--num-nodes", help="Number of nodes for multi-node DDP.")] = 1,
@@ -146,7 +141,8 @@ def train_cmd(
         else:
             if dataset is None or out is None:
                 raise ValueError("--dataset and --out are required (or --resume RUN_DIR)")
-            cfg = TrainConfig.from_preset(dataset, str(out), preset=preset, task=task, data_dir=str(data_dir) if data_dir else None,
+            model = {k: v for k, v in {"hidden": hidden, "num_layers": num_layers, "num_freqs": num_freqs}.items() if v}
+            cfg = TrainConfig.from_preset(dataset, str(out), preset=preset, task=task, data_dir=str(data_dir) if data_dir else None, model=model,
                                           epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, limit=limit,
                                           accelerator=accelerator, devices=devices, num_nodes=num_nodes)
             run = train(cfg, progress=not quiet)

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from diffcsp.errors import DataError
 from diffcsp.fileio import atomic_write, write_json
 from diffcsp.lattice import lattice_from_params
 from diffcsp.registry import DatasetInfo, default_cache_dir, get_dataset, split_path
@@ -36,10 +37,6 @@ MIN_DISTANCE = 0.5
 MAX_Z = 100
 
 SKIP_REASONS = ("unparsable_cif", "unknown_element", "disordered", "too_many_atoms", "overlapping_atoms", "empty")
-
-
-class DataError(ValueError):
-    """A dataset file that cannot be used at all (missing, no valid row, wrong columns)."""
 
 
 @dataclass

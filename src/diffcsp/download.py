@@ -26,6 +26,7 @@ from typing import IO, Literal
 
 from tqdm import tqdm
 
+from .errors import DownloadError
 from .fileio import atomic_write
 from .registry import SPLITS, DatasetInfo, default_data_dir, get_dataset
 
@@ -45,10 +46,6 @@ DEFAULT_BASE_URL = "https://raw.githubusercontent.com"
 
 #: Read/hash block size: large enough to be fast, small enough to keep memory flat for big files.
 _CHUNK = 1 << 20
-
-
-class DownloadError(RuntimeError):
-    """A dataset file could not be fetched or did not verify; the message is one readable line."""
 
 
 @dataclass(frozen=True)

@@ -16,13 +16,10 @@ import torch
 from pymatgen.core import Composition, Element, Structure
 
 from diffcsp.checkpoint import load_model
+from diffcsp.errors import CompositionError
 from diffcsp.model import DiffCSP
 from diffcsp.registry import get_dataset
 from diffcsp.sampler import sample
-
-
-class CompositionError(ValueError):
-    """A formula or species list the model cannot be asked about."""
 
 
 def composition_to_numbers(composition: str | Composition | Sequence[str | int], formula_units: int = 1) -> list[int]:

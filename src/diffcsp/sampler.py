@@ -30,16 +30,19 @@ class SampleResult:
     num_atoms: np.ndarray  # (B,)
 
     def crystal(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        lo = int(self.num_atoms[:i].sum())
-        hi = lo + int(self.num_atoms[i])
-        return self.numbers[lo:hi], self.frac_coords[lo:hi], self.lattices[i]
+        """(numbers, lattice, frac_coords) of crystal ``i`` — the argument order of
+        :func:`diffcsp.predictions.arrays_to_dict`."""
+        if not hasattr(self, "_offsets"):
+            self._offsets = np.concatenate([[0], np.cumsum(self.num_atoms)])
+        lo, hi = int(self._offsets[i]), int(self._offsets[i + 1])
+        return self.numbers[lo:hi], self.lattices[i], self.frac_coords[lo:hi]
 
     def structures(self) -> list:
         from pymatgen.core import Lattice, Structure
 
         out = []
         for i in range(len(self.num_atoms)):
-            numbers, frac, lattice = self.crystal(i)
+            numbers, lattice, frac = self.crystal(i)
             out.append(Structure(Lattice(lattice), numbers.tolist(), frac, coords_are_cartesian=False))
         return out
 

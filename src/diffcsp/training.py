@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Sampler
 from diffcsp.batching import TableDataset
 from diffcsp.checkpoint import export_model
 from diffcsp.data import CrystalTable, load_split
+from diffcsp.errors import TrainingError
 from diffcsp.fileio import atomic_write, write_json
 from diffcsp.model import DiffCSP, ModelConfig
 from diffcsp.registry import get_dataset, split_path
@@ -49,10 +50,6 @@ CPU_SCHEDULE = {"perov_5": (1000, 256), "carbon_24": (400, 128), "mp_20": (200, 
                 "mpts_52": (100, 64), "mp_20_mini": (400, 128)}
 CPU_MODEL = {"hidden": 128, "num_layers": 4, "num_freqs": 32, "time_dim": 64}
 PAPER_MODEL = {"hidden": 512, "num_layers": 6, "num_freqs": 128, "time_dim": 256}
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (diverged, bad run directory)."""
 
 
 @dataclass
@@ -218,7 +215,8 @@ class MetricsLog(Callback):
         self.rows: list[dict[str, Any]] = []
         self._epoch_start = time.perf_counter()
 
-    def on_fit_start(self, trainer, pl_module) -> None:
+    def on_train_start(self, trainer, pl_module) -> None:
+        # Runs after Lightning restored the loop state, so current_epoch is the resume point.
         path = self.run_dir / "metrics.csv"
         if path.is_file():  # resume: keep only epochs the checkpoint has completed
             with open(path) as handle:
