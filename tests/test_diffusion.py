@@ -406,3 +406,24 @@ def test_time_schedule_respaced(timesteps):
 def test_time_schedule_invalid(steps):
     with pytest.raises(ValueError):
         time_schedule(T, steps)
+
+
+def test_clipped_x0_form_equals_eps_form_when_in_range():
+    """The x̂_0 form used for clipping is algebraically the SPEC §6 ε form."""
+    ddpm = CosineDDPM(1000).double()
+    gen = torch.Generator().manual_seed(5)
+    for t, s in [(1000, 999), (700, 699), (10, 9), (500, 200)]:
+        x, e = torch.randn(4, 3, 3, generator=gen, dtype=torch.float64), torch.randn(4, 3, 3, generator=gen, dtype=torch.float64)
+        torch.testing.assert_close(ddpm.reverse_step(x, e, t, s, None, clip_x0=1e30), ddpm.reverse_step(x, e, t, s, None),
+                                   rtol=1e-6, atol=1e-8)
+
+
+def test_clipped_x0_stops_runaway_first_step():
+    """At t = T an ε̂ error of 0.05 moves the unclipped mean by ~5; the clipped one stays O(1)."""
+    ddpm = CosineDDPM(1000)
+    x = torch.randn(64, 3, 3, generator=torch.Generator().manual_seed(0))
+    eps_hat = x + 0.05  # a slightly wrong prediction of the (pure) noise
+    free = ddpm.reverse_step(x, eps_hat, 1000, 999, None)
+    clipped = ddpm.reverse_step(x, eps_hat, 1000, 999, None, clip_x0=20.0)
+    assert free.abs().max() > 4.0
+    assert clipped.abs().max() < 0.5

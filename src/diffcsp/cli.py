@@ -137,6 +137,13 @@ def train_cmd(
         if resume is not None:
             cfg = load_run_config(resume)
             cfg.out = str(resume)
+            if epochs is not None:  # lengthen (or shorten) a run; recorded in its config
+                cfg.epochs = epochs
+                from dataclasses import asdict
+
+                from diffcsp.fileio import write_json
+
+                write_json(resume / "config.json", asdict(cfg))
             run = train(cfg, resume=True, progress=not quiet)
         else:
             if dataset is None or out is None:

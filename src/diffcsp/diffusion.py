@@ -43,16 +43,28 @@ class CosineDDPM(nn.Module):
         ab = self.alpha_bars[t].view(-1, *([1] * (x0.dim() - 1)))
         return ab.sqrt() * x0 + (1 - ab).sqrt() * eps
 
-    def reverse_step(self, x_t: torch.Tensor, eps_hat: torch.Tensor, t: int, s: int, z: torch.Tensor | None) -> torch.Tensor:
+    def reverse_step(self, x_t: torch.Tensor, eps_hat: torch.Tensor, t: int, s: int, z: torch.Tensor | None,
+                     clip_x0: float | None = None) -> torch.Tensor:
         """One ancestral step from t to s < t given the predicted noise.
 
         With ᾱ_{t|s} = ᾱ_t/ᾱ_s and β = 1 − ᾱ_{t|s}: mean = (x_t − β/√(1−ᾱ_t)·ε̂)/√ᾱ_{t|s},
         variance = β(1−ᾱ_s)/(1−ᾱ_t). For s = t−1 this is SPEC §6's predictor.
+
+        ``clip_x0``: near t = T (β_T = 0.9999) the formula multiplies the error of ε̂ by
+        β/√(α(1−ᾱ)) ≈ 100, so an imperfect network can throw the lattice to hundreds of Å in the
+        first step. With a bound, the same mean is computed in its equivalent x̂_0 form,
+        mean = √ᾱ_s β/(1−ᾱ_t)·x̂_0 + √ᾱ_{t|s}(1−ᾱ_s)/(1−ᾱ_t)·x_t, with x̂_0 clamped to
+        [−clip_x0, clip_x0] (the "clipped x̂_0" of Ho et al. 2020). Where x̂_0 is in range the
+        result equals the unclipped formula.
         """
         ab_t, ab_s = self.alpha_bars[t], self.alpha_bars[s]
         alpha = ab_t / ab_s
         beta = 1 - alpha
-        mean = (x_t - beta / (1 - ab_t).sqrt() * eps_hat) / alpha.sqrt()
+        if clip_x0 is None:
+            mean = (x_t - beta / (1 - ab_t).sqrt() * eps_hat) / alpha.sqrt()
+        else:
+            x0 = ((x_t - (1 - ab_t).sqrt() * eps_hat) / ab_t.sqrt()).clamp(-clip_x0, clip_x0)
+            mean = (ab_s.sqrt() * beta * x0 + alpha.sqrt() * (1 - ab_s) * x_t) / (1 - ab_t)
         if z is None or s == 0:
             return mean
         sigma = (beta * (1 - ab_s) / (1 - ab_t)).sqrt()

@@ -106,13 +106,6 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}".replace("\n", " ")
 
 
-def _umask() -> int:
-    """Current process umask (read by setting and restoring it, the only portable way)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def _fetch_verified(
     url: str, target: Path, expected: str, *, label: str, progress: bool, timeout: float
 ) -> str:
@@ -147,8 +140,6 @@ def _fetch_verified(
                 raise DownloadError(
                     f"incomplete download of {label} from {url}: got {size} of {total} bytes"
                 )
-            # mkstemp creates 0600 files; a dataset should get the usual permissions instead.
-            os.fchmod(handle.fileno(), 0o666 & ~_umask())
             handle.flush()
             handle.seek(0)
             actual = _blob_id_of_handle(handle, size)

@@ -60,12 +60,14 @@ def time_schedule(timesteps: int, steps: int | None) -> list[int]:
 @torch.no_grad()
 def sample(model: DiffCSP, num_atoms: torch.Tensor | list[int], atom_types: torch.Tensor | None = None,
            step_lr: float = 1e-5, steps: int | None = None, seed: int | None = 0, batch_size: int = 512,
-           progress: bool = True, device: torch.device | str | None = None) -> SampleResult:
+           progress: bool = True, device: torch.device | str | None = None, clip_lattice: bool = True) -> SampleResult:
     """Sample lattices and coordinates (and types, for generation) for crystals of given sizes.
 
     ``atom_types`` (atomic numbers, atoms concatenated in crystal order) is required for CSP
     and ignored for generation. Crystals are processed in chunks of ``batch_size``; the random
-    stream depends only on ``seed`` and the chunking.
+    stream depends only on ``seed`` and the chunking. ``clip_lattice`` bounds the predicted clean
+    lattice x̂_0 by the model's ``lattice_bound`` (see :meth:`CosineDDPM.reverse_step`);
+    ``False`` gives the paper's unguarded update.
     """
     model.eval()
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -85,7 +87,8 @@ def sample(model: DiffCSP, num_atoms: torch.Tensor | list[int], atom_types: torc
     for lo, hi in chunks:
         n = num_atoms[lo:hi].to(device)
         types = None if atom_types is None or model.is_gen else torch.as_tensor(atom_types)[offsets[lo] : offsets[hi]].to(device)
-        t, f, lat = _sample_chunk(model, n, types, step_lr, times, gen, bar)
+        bound = (model.config.lattice_bound or 100.0) if clip_lattice else None
+        t, f, lat = _sample_chunk(model, n, types, step_lr, times, gen, bar, bound)
         out_types.append(t.cpu())
         out_frac.append(f.cpu())
         out_lat.append(lat.cpu())
@@ -101,7 +104,8 @@ def sample(model: DiffCSP, num_atoms: torch.Tensor | list[int], atom_types: torc
 
 
 def _sample_chunk(model: DiffCSP, num_atoms: torch.Tensor, types: torch.Tensor | None, step_lr: float,
-                  times: list[int], gen: torch.Generator, bar) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  times: list[int], gen: torch.Generator, bar, lattice_bound: float | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     device = num_atoms.device
     B, N = len(num_atoms), int(num_atoms.sum())
     lproc, fproc = model.lattice_process, model.coord_process
@@ -125,7 +129,7 @@ def _sample_chunk(model: DiffCSP, num_atoms: torch.Tensor, types: torch.Tensor |
         # 2. predictor: reverse step of every component from t to s
         eps_l, eps_f, eps_a = net(types_x, frac, lattice, num_atoms, t_batch)
         last = s == 0
-        lattice = lproc.reverse_step(lattice, eps_l, t, s, None if last else randn(B, 3, 3))
+        lattice = lproc.reverse_step(lattice, eps_l, t, s, None if last else randn(B, 3, 3), clip_x0=lattice_bound)
         frac = fproc.predictor_step(frac, eps_f * sqrt_lam, t, s, None if last else randn(N, 3))
         if model.is_gen:
             types_x = lproc.reverse_step(types_x, eps_a, t, s, None if last else randn(N, NUM_ELEMENTS))

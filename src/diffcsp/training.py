@@ -48,6 +48,9 @@ PAPER_SCHEDULE = {"perov_5": (3000, 1024), "carbon_24": (4000, 256), "mp_20": (1
 #: steps per epoch, about the paper's total step count for Perov-5.
 CPU_SCHEDULE = {"perov_5": (1000, 256), "carbon_24": (400, 128), "mp_20": (200, 256),
                 "mpts_52": (100, 64), "mp_20_mini": (400, 128)}
+#: Generation (types diffused too) learns a harder task per epoch; its CPU budget per dataset.
+CPU_SCHEDULE_GEN = {"perov_5": (500, 256), "carbon_24": (300, 128), "mp_20": (200, 256), "mpts_52": (100, 64),
+                    "mp_20_mini": (400, 128)}
 CPU_MODEL = {"hidden": 128, "num_layers": 4, "num_freqs": 32, "time_dim": 64}
 PAPER_MODEL = {"hidden": 512, "num_layers": 6, "num_freqs": 128, "time_dim": 256}
 
@@ -81,7 +84,10 @@ class TrainConfig:
         info = get_dataset(dataset)
         if preset not in ("cpu", "paper"):
             raise ValueError(f"unknown preset {preset!r}; use 'cpu' or 'paper'")
-        epochs, batch = (CPU_SCHEDULE if preset == "cpu" else PAPER_SCHEDULE)[dataset]
+        if preset == "paper":
+            epochs, batch = PAPER_SCHEDULE[dataset]
+        else:
+            epochs, batch = (CPU_SCHEDULE_GEN if task == "gen" else CPU_SCHEDULE)[dataset]
         model = dict(CPU_MODEL if preset == "cpu" else PAPER_MODEL, task=task, dataset=dataset, max_atoms=info.max_atoms)
         model.update(overrides.pop("model", {}) or {})
         cfg = cls(dataset=dataset, out=str(out), task=task, preset=preset, epochs=epochs, batch_size=batch, model=model)
@@ -300,6 +306,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         hist = np.bincount(train_table.num_atoms, minlength=cfg.model["max_atoms"] + 1)
         cfg.model["num_atoms_hist"] = hist.tolist()
         cfg.model["elements"] = sorted({int(z) for z in train_table.numbers})
+        # twice the largest lattice-matrix entry seen: generous, but stops a runaway first step
+        cfg.model["lattice_bound"] = round(2 * float(abs(train_table.lattices).max()), 2)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / "config.json", asdict(cfg))
         write_json(run_dir / "protocol.json", protocol)
