@@ -18,15 +18,6 @@ from diffcsp.sampler import onehot_types, sample
 ATOL = 1e-5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny tensors: one thread is fastest, and avoids OpenMP stalls on a busy machine
-    (measured: a 5-step sample took ~5 s with 2 threads next to two trainings, 25 ms with 1)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 # (hidden, layers, K, num_atoms per crystal)
 SETTINGS = [
     (32, 2, 8, [1, 3, 5]),

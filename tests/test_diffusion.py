@@ -28,15 +28,6 @@ S = 0.008
 SIGMAS_TESTED = [0.005, 0.05, 0.2, 0.5]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny tensors: one thread is fastest, and avoids OpenMP stalls on a busy machine
-    (measured: a 5-step sample took ~5 s with 2 threads next to two trainings, 25 ms with 1)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 # ----------------------------------------------------------------------------------------------
 # independent references

@@ -228,47 +228,24 @@ def sample_cmd(
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch.")] = None,
 ) -> None:
     """CSP for every crystal of a split (given its atoms), K samples each, saved for `diffcsp evaluate`."""
-    import time
-
     import numpy as np
     import torch
 
     from diffcsp.checkpoint import load_model
     from diffcsp.data import load_split
-    from diffcsp.predictions import Predictions, arrays_to_dict
-    from diffcsp.registry import get_dataset
-    from diffcsp.sampler import sample
+    from diffcsp.predict import predict_split
 
     with _Guard():
         if threads:
             torch.set_num_threads(threads)
         model = load_model(checkpoint)
-        if model.is_gen:
-            raise ValueError("this is a generation model; use `diffcsp generate`")
         table = load_split(dataset, split, data_dir)
         if limit:
             table = table.subset(np.arange(min(limit, len(table))))
-        too_big = int((table.num_atoms > model.config.max_atoms).sum())
-        if too_big:
-            raise ValueError(f"{too_big} crystals exceed the model's {model.config.max_atoms} atoms")
-        gamma = step_lr if step_lr is not None else get_dataset(dataset).step_lr("csp", num_samples)
-        idx = np.tile(np.arange(len(table)), num_samples)  # sample-major: all crystals once, then again …
-        atom_idx = np.concatenate([np.arange(table.offsets[i], table.offsets[i + 1]) for i in idx])
-        start = time.perf_counter()
-        result = sample(model, table.num_atoms[idx], torch.as_tensor(table.numbers[atom_idx]), step_lr=gamma,
-                        steps=steps, seed=seed, batch_size=batch_size, progress=True)
-        seconds = time.perf_counter() - start
-        crystals = []
-        for i in range(len(table)):
-            rec = table.record(i)
-            samples = [arrays_to_dict(*result.crystal(j * len(table) + i)) for j in range(num_samples)]
-            crystals.append({"id": rec.id, "formula": rec.formula,
-                             "ground_truth": arrays_to_dict(rec.numbers, rec.lattice, rec.frac_coords), "samples": samples})
-        meta = {"checkpoint": str(checkpoint), "steps": steps or model.config.timesteps, "step_lr": gamma, "seed": seed,
-                "limit": limit, "sampling_seconds": round(seconds, 1),
-                "seconds_per_crystal_sample": round(seconds / max(len(idx), 1), 4), "model": model.config.to_dict()}
-        Predictions("csp", dataset, split, num_samples, meta=meta, crystals=crystals).save(out)
-        typer.echo(f"wrote {out}: {len(table)} crystals × {num_samples} samples in {seconds:.0f} s")
+        preds = predict_split(model, table, num_samples, steps=steps, step_lr=step_lr, seed=seed, batch_size=batch_size)
+        preds.meta.update(checkpoint=str(checkpoint), limit=limit)
+        preds.save(out)
+        typer.echo(f"wrote {out}: {len(table)} crystals × {num_samples} samples in {preds.meta['sampling_seconds']:.0f} s")
 
 
 @app.command("generate")
@@ -285,34 +262,23 @@ def generate_cmd(
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch.")] = None,
 ) -> None:
     """Ab initio generation: new crystals (atoms, lattice, positions) from a generation model."""
-    import time
-
     import torch
 
     from diffcsp.checkpoint import load_model
-    from diffcsp.predict import default_step_lr, sample_num_atoms, write_structures
-    from diffcsp.predictions import Predictions, arrays_to_dict
-    from diffcsp.sampler import sample
+    from diffcsp.predict import generate, write_structures
 
     with _Guard():
         if threads:
             torch.set_num_threads(threads)
         model = load_model(checkpoint)
-        if not model.is_gen:
-            raise ValueError("this is a CSP model (atom types given); train one with `diffcsp train --task gen`")
-        gamma = step_lr if step_lr is not None else default_step_lr(model)
-        num_atoms = sample_num_atoms(model.config.num_atoms_hist, n, seed)
-        start = time.perf_counter()
-        result = sample(model, num_atoms, None, step_lr=gamma, steps=steps, seed=seed, batch_size=batch_size, progress=True)
-        seconds = time.perf_counter() - start
-        generated = [arrays_to_dict(*result.crystal(i)) for i in range(n)]
-        out.mkdir(parents=True, exist_ok=True)
-        meta = {"checkpoint": str(checkpoint), "steps": steps or model.config.timesteps, "step_lr": gamma, "seed": seed,
-                "sampling_seconds": round(seconds, 1), "model": model.config.to_dict()}
-        path = Predictions("gen", model.config.dataset, reference_split, 1, meta=meta, generated=generated).save(out / "generated.json.gz")
+        preds, structures = generate(model, n, steps=steps, step_lr=step_lr, seed=seed, batch_size=batch_size,
+                                     reference_split=reference_split)
+        preds.meta.update(checkpoint=str(checkpoint))
+        path = preds.save(out / "generated.json.gz")
         if not no_cif:
-            write_structures(result.structures(), out / "cif", "gen")
-        typer.echo(f"wrote {path} ({n} crystals in {seconds:.0f} s){'' if no_cif else ' and CIFs in ' + str(out / 'cif')}")
+            write_structures(structures, out / "cif", "gen")
+        typer.echo(f"wrote {path} ({n} crystals in {preds.meta['sampling_seconds']:.0f} s)"
+                   f"{'' if no_cif else ' and CIFs in ' + str(out / 'cif')}")
 
 
 @app.command("evaluate")
@@ -323,6 +289,7 @@ def evaluate_cmd(
     plot: Annotated[Optional[Path], typer.Option("--plot", help="PNG of match rate against number of samples k (CSP).")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", help="Worker processes (default: all cores).")] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds allowed per StructureMatcher pair.")] = 60.0,
+    reference_limit: Annotated[Optional[int], typer.Option("--reference-limit", help="Generation: compare with the first N crystals of the reference split only.")] = None,
     data_dir: DataDir = None,
 ) -> None:
     """SPEC §7 metrics: match rate / RMSE / validity (CSP) or validity / coverage / property distances (generation)."""
@@ -355,7 +322,11 @@ def evaluate_cmd(
             if info.coverage_cutoffs is None:
                 raise ValueError(f"SPEC gives no coverage cut-offs for {preds.dataset}")
             reference = load_split(preds.dataset, preds.split, data_dir)
-            cache = default_cache_dir() / "fingerprints" / f"{preds.dataset}-{preds.split}.npz"
+            if reference_limit:
+                import numpy as np
+
+                reference = reference.subset(np.arange(min(reference_limit, len(reference))))
+            cache = default_cache_dir() / "fingerprints" / f"{preds.dataset}-{preds.split}-{len(reference)}.npz"
             summary = evaluate_generation([dict_to_structure(d) for d in preds.generated], reference.structures(),
                                           *info.coverage_cutoffs, workers=workers, cache_path=cache)
         summary.update(task=preds.task, dataset=preds.dataset, split=preds.split, predictions=str(predictions))

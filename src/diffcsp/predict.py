@@ -6,6 +6,7 @@ Compositions are read with pymatgen and taken as the contents of one unit cell (
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,8 +19,9 @@ from pymatgen.core import Composition, Element, Structure
 from diffcsp.checkpoint import load_model
 from diffcsp.errors import CompositionError
 from diffcsp.model import DiffCSP
+from diffcsp.predictions import Predictions, arrays_to_dict
 from diffcsp.registry import get_dataset
-from diffcsp.sampler import sample
+from diffcsp.sampler import SampleResult, sample
 
 
 def composition_to_numbers(composition: str | Composition | Sequence[str | int], formula_units: int = 1) -> list[int]:
@@ -140,6 +142,52 @@ def write_structures(structures: Sequence[Structure], out_dir: str | Path, stem:
         write_text(path, str(CifWriter(structure)))
         paths.append(path)
     return paths
+
+
+def _timed_sample(model: DiffCSP, num_atoms, atom_types, step_lr: float, **kw: Any) -> tuple[SampleResult, dict[str, Any]]:
+    """Run the sampler and return its result with the settings and wall time to record."""
+    start = time.perf_counter()
+    result = sample(model, num_atoms, atom_types, step_lr=step_lr, **kw)
+    seconds = time.perf_counter() - start
+    meta = {"steps": kw.get("steps") or model.config.timesteps, "step_lr": step_lr, "seed": kw.get("seed"),
+            "sampling_seconds": round(seconds, 1), "seconds_per_crystal_sample": round(seconds / max(len(num_atoms), 1), 4),
+            "model": model.config.to_dict()}
+    return result, meta
+
+
+def predict_split(model: DiffCSP, table, num_samples: int = 1, steps: int | None = None, step_lr: float | None = None,
+                  seed: int | None = 0, batch_size: int = 1024, progress: bool = True) -> Predictions:
+    """CSP for every crystal of a table (given its atoms), ``num_samples`` each, as a predictions file."""
+    if model.is_gen:
+        raise CompositionError("this is a generation model; use `diffcsp generate`")
+    too_big = int((table.num_atoms > model.config.max_atoms).sum())
+    if too_big:
+        raise CompositionError(f"{too_big} crystals exceed the model's {model.config.max_atoms} atoms")
+    dataset, split = table.source.get("dataset", model.config.dataset), table.source.get("split", "")
+    gamma = step_lr if step_lr is not None else get_dataset(dataset).step_lr("csp", num_samples)
+    idx = np.tile(np.arange(len(table)), num_samples)  # sample-major: every crystal once, then again …
+    atom_idx = np.concatenate([np.arange(table.offsets[i], table.offsets[i + 1]) for i in idx])
+    result, meta = _timed_sample(model, table.num_atoms[idx], torch.as_tensor(table.numbers[atom_idx]), gamma,
+                                 steps=steps, seed=seed, batch_size=batch_size, progress=progress)
+    crystals = []
+    for i in range(len(table)):
+        rec = table.record(i)
+        samples = [arrays_to_dict(*result.crystal(j * len(table) + i)) for j in range(num_samples)]
+        crystals.append({"id": rec.id, "formula": rec.formula,
+                         "ground_truth": arrays_to_dict(rec.numbers, rec.lattice, rec.frac_coords), "samples": samples})
+    return Predictions("csp", dataset, split, num_samples, meta=meta, crystals=crystals)
+
+
+def generate(model: DiffCSP, n: int, steps: int | None = None, step_lr: float | None = None, seed: int | None = 0,
+             batch_size: int = 512, reference_split: str = "test", progress: bool = True) -> tuple[Predictions, list[Structure]]:
+    """Ab initio generation of ``n`` crystals, atom counts drawn from the training distribution."""
+    if not model.is_gen:
+        raise CompositionError("this is a CSP model (atom types given); train one with `diffcsp train --task gen`")
+    gamma = step_lr if step_lr is not None else default_step_lr(model)
+    num_atoms = sample_num_atoms(model.config.num_atoms_hist, n, seed)
+    result, meta = _timed_sample(model, num_atoms, None, gamma, steps=steps, seed=seed, batch_size=batch_size, progress=progress)
+    generated = [arrays_to_dict(*result.crystal(i)) for i in range(n)]
+    return Predictions("gen", model.config.dataset, reference_split, 1, meta=meta, generated=generated), result.structures()
 
 
 def sample_num_atoms(hist: Sequence[int], n: int, seed: int | None = 0) -> np.ndarray:
