@@ -63,6 +63,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, help="torch threads for sampling")
     ap.add_argument("--workers", type=int, help="StructureMatcher worker processes")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    ap.add_argument("--tag", default="", help="suffix for the report and result files (e.g. steps250)")
     args = ap.parse_args()
 
     ks = args.k or [1, 20]
@@ -81,7 +82,8 @@ def main() -> None:
 
     results = {}
     for k in ks:
-        stem = out / f"k{k}" if k not in limits else out / f"k{k}_first{limits[k]}"
+        stem = out / (f"k{k}" if k not in limits else f"k{k}_first{limits[k]}")
+        stem = stem.with_name(stem.name + (f"_steps{args.steps}" if args.steps else ""))
         sample = exe + ["sample", "--checkpoint", str(run_dir / "model"), "--dataset", args.dataset, "--split", "test",
                         "--num-samples", str(k), "--out", f"{stem}.json.gz"]
         if k in limits:
@@ -103,7 +105,8 @@ def main() -> None:
         results[k] = {**metrics, **preds_meta, "stem": str(stem.relative_to(REPO)) if stem.is_relative_to(REPO) else str(stem)}
 
     today = dt.date.today().isoformat()
-    report = out / f"report-{today}.md"
+    tag = f"-{args.tag}" if args.tag else ""
+    report = out / f"report-{today}{tag}.md"
     lines = [
         f"# CSP benchmark: {args.dataset} ({today})", "",
         f"- **Data protocol**: {protocol['name']} — train: {protocol['train']} ({protocol['train_size']} crystals); "
@@ -125,7 +128,7 @@ def main() -> None:
     lines += ["", "## Commands", "", "```"] + [f"{e['command']}    # {e['seconds']} s" for e in log] + ["```", ""]
     lines += ["Files: " + ", ".join(f"`{r['stem']}.*`" for r in results.values()), ""]
     report.write_text("\n".join(lines))
-    (out / f"report-{today}.json").write_text(json.dumps({"results": results, "commands": log}, indent=2))
+    (out / f"report-{today}{tag}.json").write_text(json.dumps({"results": results, "commands": log}, indent=2))
     print(f"report written to {report}")
 
 
