@@ -220,3 +220,14 @@ def test_collapsed_cell_is_not_fingerprinted() -> None:
     tiny = Structure(Lattice.cubic(0.3), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
     struct_fps, comp_fps = compute_fingerprints([tiny], workers=1, progress=False)
     assert struct_fps[0] is None and comp_fps[0] is not None
+
+
+def test_coverage_takes_structure_and_composition_minima_separately():
+    """CDVAE's rule: the nearest crystal in structure and in composition may be different ones."""
+    gen_s, gen_c = [np.array([0.0, 0.0])], [np.array([0.0])]
+    ref_s = [np.array([0.0, 0.0]), np.array([5.0, 5.0])]
+    ref_c = [np.array([9.0]), np.array([0.0])]
+    scale = (np.zeros(1), np.ones(1))
+    cov_r, cov_p = gen_metrics.coverage(gen_s, gen_c, ref_s, ref_c, 0.1, 0.1, comp_scale=scale)
+    assert cov_p == 1.0  # structure-nearest is ref 0, composition-nearest is ref 1
+    assert cov_r == 0.0  # ref 0: composition too far; ref 1: structure too far

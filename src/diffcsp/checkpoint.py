@@ -78,6 +78,8 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
     if path.is_dir():
         if (path / "model.safetensors").is_file():
             return _load_exported(path / "model.safetensors", path / "config.json").to(device)
+        if (path / "model" / "model.safetensors").is_file():  # a run directory's exported best model
+            return _load_exported(path / "model" / "model.safetensors", path / "model" / "config.json").to(device)
         for candidate in ("checkpoints/best.ckpt", "checkpoints/last.ckpt"):
             if (path / candidate).is_file():
                 return _load_lightning(path / candidate).to(device)

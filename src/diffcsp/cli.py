@@ -27,7 +27,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from diffcsp import errors
 
     return (errors.CheckpointError, errors.DataError, errors.TrainingError, errors.DownloadError,
-            errors.CompositionError, FileNotFoundError, ValueError)
+            errors.CompositionError, OSError, ValueError)
 
 
 class _Guard:
@@ -135,6 +135,12 @@ def train_cmd(
         if threads:
             torch.set_num_threads(threads)
         if resume is not None:
+            ignored = [name for name, value in {"--dataset": dataset, "--out": out, "--batch-size": batch_size, "--lr": lr,
+                                                "--limit": limit, "--hidden": hidden, "--num-layers": num_layers,
+                                                "--num-freqs": num_freqs}.items() if value is not None]
+            if ignored:
+                raise ValueError(f"--resume continues the run with its saved settings; drop {', '.join(ignored)} "
+                                 "(only --epochs may change)")
             cfg = load_run_config(resume)
             cfg.out = str(resume)
             if epochs is not None:  # lengthen (or shorten) a run; recorded in its config

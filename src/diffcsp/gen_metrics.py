@@ -357,9 +357,10 @@ def coverage(
 
     Euclidean distances between every generated and every reference crystal, separately on
     structure fingerprints and on standardised composition fingerprints (see
-    :func:`_standardise`). COV-R: fraction of reference crystals with some generated crystal
-    within both cut-offs (``<=``). COV-P: fraction of generated crystals within both cut-offs
-    of some reference crystal. As in CDVAE, a generated crystal without fingerprints is dropped
+    :func:`_standardise`). COV-R: fraction of reference crystals whose nearest
+    generated crystal in structure is within the structure cut-off and whose nearest generated
+    crystal in composition is within the composition cut-off (``<=``; the two nearest crystals
+    may differ: CDVAE takes the two minima separately). COV-P: the same per generated crystal. As in CDVAE, a generated crystal without fingerprints is dropped
     from the distance computation but still counts in COV-P's denominator (a miss). A
     reference crystal without fingerprints is left out of COV-R altogether (CDVAE would crash;
     no model could cover it). Pass only the generated crystals you want considered.
@@ -384,9 +385,9 @@ def coverage(
         comp_scale,
     )
     gs, rs = np.nan_to_num(gs), np.nan_to_num(rs)
-    close = (cdist(gs, rs) <= struct_cutoff) & (cdist(gc, rc) <= comp_cutoff)  # (n_gen, n_ref)
-    cov_recall = float(close.any(axis=0).mean())
-    cov_precision = float(close.any(axis=1).sum() / n_gen)
+    struct_d, comp_d = cdist(gs, rs), cdist(gc, rc)  # (n_gen, n_ref)
+    cov_recall = float(((struct_d.min(0) <= struct_cutoff) & (comp_d.min(0) <= comp_cutoff)).mean())
+    cov_precision = float(((struct_d.min(1) <= struct_cutoff) & (comp_d.min(1) <= comp_cutoff)).sum() / n_gen)
     return cov_recall, cov_precision
 
 

@@ -35,6 +35,8 @@ def composition_to_numbers(composition: str | Composition | Sequence[str | int],
                 numbers.append(Element(species).Z if isinstance(species, str) else Element.from_Z(int(species)).Z)
             except (ValueError, KeyError):
                 raise CompositionError(f"unknown element {species!r}") from None
+            if numbers[-1] > 100:
+                raise CompositionError(f"element {species} (Z={numbers[-1]}) is beyond the model's 100 elements")
         return sorted(numbers * formula_units)
     if isinstance(composition, str):
         try:
@@ -75,13 +77,13 @@ def check_supported(model: DiffCSP, numbers: Sequence[int]) -> list[str]:
 
 def predict(composition: str | Composition | Sequence[str | int], n: int = 1, model: DiffCSP | str | Path | None = None,
             formula_units: int = 1, steps: int | None = None, step_lr: float | None = None, seed: int | None = 0,
-            progress: bool = False, device: str | torch.device = "cpu") -> list[Structure]:
+            progress: bool = False, device: str | torch.device | None = None) -> list[Structure]:
     """Predict ``n`` crystal structures for a composition with a CSP model (default: bundled).
 
     ``step_lr`` defaults to the paper's corrector step size for the model's training dataset.
     """
     if not isinstance(model, DiffCSP):
-        model = load_model(model, device=device)
+        model = load_model(model, device=device or "cpu")
     if model.is_gen:
         raise CompositionError("this is an ab initio generation model; use a CSP model for predict()")
     if n < 1:

@@ -122,13 +122,14 @@ def _sample_chunk(model: DiffCSP, num_atoms: torch.Tensor, types: torch.Tensor |
         s = times[i + 1] if i + 1 < len(times) else 0
         t_batch = torch.full((B,), t, device=device, dtype=torch.long)
         sqrt_lam = fproc.lambdas[t].sqrt()
+        last = s == 0  # SPEC §6: z = 0 in the last step, for corrector and predictor alike
         # 1. corrector: Langevin on F at noise level σ_t
         if step_lr > 0:
             _, eps_f, _ = net(types_x, frac, lattice, num_atoms, t_batch)
-            frac = fproc.corrector_step(frac, eps_f * sqrt_lam, t, step_lr, randn(N, 3))
+            z = torch.zeros(N, 3, device=device) if last else randn(N, 3)
+            frac = fproc.corrector_step(frac, eps_f * sqrt_lam, t, step_lr, z)
         # 2. predictor: reverse step of every component from t to s
         eps_l, eps_f, eps_a = net(types_x, frac, lattice, num_atoms, t_batch)
-        last = s == 0
         lattice = lproc.reverse_step(lattice, eps_l, t, s, None if last else randn(B, 3, 3), clip_x0=lattice_bound)
         frac = fproc.predictor_step(frac, eps_f * sqrt_lam, t, s, None if last else randn(N, 3))
         if model.is_gen:

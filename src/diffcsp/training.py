@@ -174,18 +174,21 @@ class DiffCSPModule(L.LightningModule):
         return losses["loss"]
 
     def on_validation_epoch_start(self) -> None:
-        # Same noise for every validation pass, so val_loss compares epochs, not luck.
-        self._rng_state = torch.get_rng_state()
+        # Same noise for every validation pass, so val_loss compares epochs, not luck; fork_rng
+        # restores every generator (CPU and this device's) afterwards, so training noise goes on.
+        devices = [self.device] if self.device.type == "cuda" else []
+        self._rng = torch.random.fork_rng(devices=devices)
+        self._rng.__enter__()
         torch.manual_seed(987654321)
 
     def validation_step(self, batch, batch_idx):
         losses = self.model.loss(batch)
         for key, value in losses.items():
             self.log(f"val_{key.removeprefix('loss_')}" if key != "loss" else "val_loss", value,
-                     batch_size=batch.num_graphs, on_epoch=True, prog_bar=key == "loss")
+                     batch_size=batch.num_graphs, on_epoch=True, prog_bar=key == "loss", sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
-        torch.set_rng_state(self._rng_state)
+        self._rng.__exit__(None, None, None)
 
     def pop_train_loss(self) -> float:
         mean = self._train_sum / max(self._train_count, 1)
