@@ -176,6 +176,7 @@ def predict_cmd(
     steps: Annotated[Optional[int], typer.Option("--steps", help="Reverse diffusion steps (default: the model's T=1000).")] = None,
     step_lr: Annotated[Optional[float], typer.Option("--step-lr", help="Corrector step size γ (default: the paper's value for the model's dataset).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    threads: Annotated[int, typer.Option("--threads", help="CPU threads for torch (a few small cells: one is fastest).")] = 1,
 ) -> None:
     """Predict crystal structures for a composition; write CIFs and a summary table."""
     import csv
@@ -190,6 +191,9 @@ def predict_cmd(
     from diffcsp.predict import check_supported, composition_to_numbers, describe, predict, write_structures
 
     with _Guard():
+        import torch
+
+        torch.set_num_threads(threads)
         numbers = composition_to_numbers(formula, formula_units)
         model = load_model(checkpoint)
         meta = model_meta(checkpoint) if checkpoint is None or checkpoint.is_dir() else {}
