@@ -32,7 +32,8 @@ def run(cmd: list[str], log: list[dict]) -> float:
     start = time.perf_counter()
     subprocess.run(cmd, check=True)
     seconds = time.perf_counter() - start
-    log.append({"command": shlex.join(cmd), "seconds": round(seconds, 1)})
+    shown = shlex.join(cmd).replace(sys.executable, "python").replace(f"{REPO}/", "")
+    log.append({"command": shown, "seconds": round(seconds, 1)})
     return seconds
 
 
