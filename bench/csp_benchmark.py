@@ -32,9 +32,13 @@ def run(cmd: list[str], log: list[dict]) -> float:
     start = time.perf_counter()
     subprocess.run(cmd, check=True)
     seconds = time.perf_counter() - start
-    shown = shlex.join(cmd).replace(sys.executable, "python").replace(f"{REPO}/", "")
-    log.append({"command": shown, "seconds": round(seconds, 1)})
+    log.append({"command": _shown(cmd), "seconds": round(seconds, 1)})
     return seconds
+
+
+def _shown(cmd: list[str]) -> str:
+    """The command line as a user would type it from the repository root."""
+    return shlex.join(cmd).replace(sys.executable, "python").replace(f"{REPO}/", "")
 
 
 def hardware() -> str:
@@ -64,6 +68,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, help="torch threads for sampling")
     ap.add_argument("--workers", type=int, help="StructureMatcher worker processes")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    ap.add_argument("--reuse", action="store_true", help="report existing results of the same commands instead of rerunning")
     ap.add_argument("--tag", default="", help="suffix for the report and result files (e.g. steps250)")
     args = ap.parse_args()
 
@@ -93,13 +98,21 @@ def main() -> None:
             sample += ["--steps", str(args.steps)]
         if args.threads:
             sample += ["--threads", str(args.threads)]
-        t_sample = run(sample, log)
         evaluate = exe + ["evaluate", f"{stem}.json.gz", "--json", f"{stem}.metrics.json", "--csv", f"{stem}.per_crystal.csv"]
         if k > 1:
             evaluate += ["--plot", f"{stem}.match_vs_k.png"]
         if args.workers:
             evaluate += ["--workers", str(args.workers)]
-        t_eval = run(evaluate, log)
+        if args.reuse and Path(f"{stem}.metrics.json").is_file():
+            # results of an earlier invocation of the same commands: report them, with their times
+            from diffcsp.predictions import Predictions
+
+            t_sample = Predictions.load(f"{stem}.json.gz").meta["sampling_seconds"]
+            t_eval = float("nan")
+            log += [{"command": c, "seconds": "reused"} for c in (_shown(sample), _shown(evaluate))]
+        else:
+            t_sample = run(sample, log)
+            t_eval = run(evaluate, log)
         metrics = json.loads(Path(f"{stem}.metrics.json").read_text())
         preds_meta = {"n": metrics["n"], "sample_seconds": round(t_sample, 1), "eval_seconds": round(t_eval, 1),
                       "seconds_per_crystal_sample": round(t_sample / (metrics["n"] * k), 3)}

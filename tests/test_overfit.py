@@ -29,15 +29,6 @@ MAX_RMSE = 0.05
 
 
 def test_memorise_and_sample_back(datasets_dir):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)  # the one test with real work per step; the suite runs it alone
-    try:
-        _memorise_and_sample_back(datasets_dir)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _memorise_and_sample_back(datasets_dir) -> None:
     start = time.perf_counter()
     torch.manual_seed(0)
     table = load_split("perov_5", "val", data_dir=datasets_dir, progress=False).subset(np.arange(NUM_CRYSTALS))
