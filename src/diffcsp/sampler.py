@@ -133,7 +133,9 @@ def _sample_chunk(model: DiffCSP, num_atoms: torch.Tensor, types: torch.Tensor |
         lattice = lproc.reverse_step(lattice, eps_l, t, s, None if last else randn(B, 3, 3), clip_x0=lattice_bound)
         frac = fproc.predictor_step(frac, eps_f * sqrt_lam, t, s, None if last else randn(N, 3))
         if model.is_gen:
-            types_x = lproc.reverse_step(types_x, eps_a, t, s, None if last else randn(N, NUM_ELEMENTS))
+            # one-hot types live in [0, 1]: the same x̂_0 guard as the lattice, with bound 1
+            types_x = lproc.reverse_step(types_x, eps_a, t, s, None if last else randn(N, NUM_ELEMENTS),
+                                         clip_x0=None if lattice_bound is None else 1.0)
         bar.update(1)
     if model.is_gen:
         out_types = types_x.argmax(-1) + 1
