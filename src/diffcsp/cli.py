@@ -45,6 +45,20 @@ class _Guard:
 
 
 DataDir = Annotated[Optional[Path], typer.Option("--data-dir", help="Folder holding NAME/{train,val,test}.csv (default: $DIFFCSP_DATA, ../shared/datasets, or the user cache).")]
+Steps = Annotated[Optional[int], typer.Option("--steps", help="Reverse diffusion steps (default: the model's T = 1000, as in the paper).")]
+Seed = Annotated[int, typer.Option("--seed", help="Random seed.")]
+Threads = Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch (default: torch's choice).")]
+
+
+def _model_with_threads(checkpoint: Path | None, threads: int | None):
+    """Set torch's thread count (if asked) and load a model: the start of every sampling command."""
+    import torch
+
+    from diffcsp.checkpoint import load_model
+
+    if threads:
+        torch.set_num_threads(threads)
+    return load_model(checkpoint)
 
 
 # -- data ------------------------------------------------------------------------------------
@@ -122,7 +136,7 @@ def train_cmd(
     accelerator: Annotated[str, typer.Option("--accelerator", help="Lightning accelerator: auto, cpu, gpu.")] = "auto",
     devices: Annotated[str, typer.Option("--devices", help="Lightning devices (e.g. 4 for DDP on four GPUs).")] = "auto",
     num_nodes: Annotated[int, typer.Option("--num-nodes", help="Number of nodes for multi-node DDP.")] = 1,
-    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch (default: torch's choice).")] = None,
+    threads: Threads = None,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this directory from its last checkpoint.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
@@ -173,9 +187,9 @@ def predict_cmd(
     checkpoint: Checkpoint = None,
     out: Annotated[Path, typer.Option("--out", help="Folder for the CIF files and summary.csv.")] = Path("predictions"),
     formula_units: Annotated[int, typer.Option("--formula-units", "-z", help="Multiply the composition (atoms per cell).")] = 1,
-    steps: Annotated[Optional[int], typer.Option("--steps", help="Reverse diffusion steps (default: the model's T=1000).")] = None,
+    steps: Steps = None,
     step_lr: Annotated[Optional[float], typer.Option("--step-lr", help="Corrector step size γ (default: the paper's value for the model's dataset).")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    seed: Seed = 0,
     threads: Annotated[int, typer.Option("--threads", help="CPU threads for torch (a few small cells: one is fastest).")] = 1,
 ) -> None:
     """Predict crystal structures for a composition; write CIFs and a summary table."""
@@ -230,25 +244,21 @@ def sample_cmd(
     split: Annotated[str, typer.Option("--split", help="Split to predict.")] = "test",
     num_samples: Annotated[int, typer.Option("--num-samples", "-k", help="Samples per crystal.")] = 1,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N crystals of the split (fixed subset).")] = None,
-    steps: Annotated[Optional[int], typer.Option("--steps", help="Reverse diffusion steps (default T).")] = None,
+    steps: Steps = None,
     step_lr: Annotated[Optional[float], typer.Option("--step-lr", help="Corrector step size (default: SPEC §6 value for dataset and k).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Crystals sampled together.")] = 1024,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    seed: Seed = 0,
     data_dir: DataDir = None,
-    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch.")] = None,
+    threads: Threads = None,
 ) -> None:
     """CSP for every crystal of a split (given its atoms), K samples each, saved for `diffcsp evaluate`."""
     import numpy as np
-    import torch
 
-    from diffcsp.checkpoint import load_model
     from diffcsp.data import load_split
     from diffcsp.predict import predict_split
 
     with _Guard():
-        if threads:
-            torch.set_num_threads(threads)
-        model = load_model(checkpoint)
+        model = _model_with_threads(checkpoint, threads)
         table = load_split(dataset, split, data_dir)
         if limit:
             table = table.subset(np.arange(min(limit, len(table))))
@@ -263,24 +273,19 @@ def generate_cmd(
     checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="Generation model (trained with --task gen).")],
     n: Annotated[int, typer.Option("-n", "--num", help="Number of crystals to generate.")] = 100,
     out: Annotated[Path, typer.Option("--out", help="Folder for CIFs and generated.json.gz.")] = Path("generated"),
-    steps: Annotated[Optional[int], typer.Option("--steps", help="Reverse diffusion steps (default T).")] = None,
+    steps: Steps = None,
     step_lr: Annotated[Optional[float], typer.Option("--step-lr", help="Corrector step size (default: SPEC §6 ab initio value).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Crystals sampled together.")] = 512,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    seed: Seed = 0,
     reference_split: Annotated[str, typer.Option("--reference-split", help="Split `diffcsp evaluate` compares against.")] = "test",
     no_cif: Annotated[bool, typer.Option("--no-cif", help="Skip writing one CIF per crystal.")] = False,
-    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch.")] = None,
+    threads: Threads = None,
 ) -> None:
     """Ab initio generation: new crystals (atoms, lattice, positions) from a generation model."""
-    import torch
-
-    from diffcsp.checkpoint import load_model
     from diffcsp.predict import generate, write_structures
 
     with _Guard():
-        if threads:
-            torch.set_num_threads(threads)
-        model = load_model(checkpoint)
+        model = _model_with_threads(checkpoint, threads)
         preds, structures = generate(model, n, steps=steps, step_lr=step_lr, seed=seed, batch_size=batch_size,
                                      reference_split=reference_split)
         preds.meta.update(checkpoint=str(checkpoint))
