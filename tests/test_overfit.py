@@ -46,7 +46,7 @@ def test_memorise_and_sample_back(datasets_dir):
 
     gamma = get_dataset("perov_5").step_lr("csp", SAMPLES)
     idx = np.repeat(np.arange(NUM_CRYSTALS), SAMPLES)
-    atoms = np.concatenate([table.numbers[table.offsets[i]: table.offsets[i + 1]] for i in idx])
+    atoms = table.numbers[table.atom_index(idx)]
     result = sample(model, table.num_atoms[idx], torch.as_tensor(atoms), step_lr=gamma, seed=0, progress=False)
     truth = table.structures()
     best = {}

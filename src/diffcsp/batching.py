@@ -51,7 +51,7 @@ def batch_from_arrays(numbers: np.ndarray, frac: np.ndarray, lattices: np.ndarra
 def collate_table(table: CrystalTable, indices: list[int] | np.ndarray) -> CrystalBatch:
     """Gather crystals ``indices`` of a table into one batch."""
     indices = np.asarray(indices, dtype=np.int64)
-    atom_idx = np.concatenate([np.arange(table.offsets[i], table.offsets[i + 1]) for i in indices])
+    atom_idx = table.atom_index(indices)
     return batch_from_arrays(table.numbers[atom_idx], table.frac_coords[atom_idx], table.lattices[indices],
                              table.num_atoms[indices], index=indices)
 

@@ -72,12 +72,10 @@ def structure_to_record(structure, id: str = "", prop: float = float("nan"), max
         raise RowError("empty", "structure has no atoms")
     if not structure.is_ordered:
         raise RowError("disordered", "partial occupancies are not supported")
-    numbers = []
     for site in structure:
         z = getattr(site.specie, "Z", None)
         if not isinstance(z, int) or not 1 <= z <= MAX_Z:
             raise RowError("unknown_element", f"species {site.specie} is not an element with Z in 1..{MAX_Z}")
-        numbers.append(z)
     if max_atoms is not None and len(structure) > max_atoms:
         raise RowError("too_many_atoms", f"{len(structure)} atoms > limit {max_atoms}")
     reduced = structure.get_reduced_structure("niggli")
@@ -172,10 +170,17 @@ class CrystalTable:
         indices = range(len(self)) if indices is None else indices
         return [self.record(i).to_structure() for i in indices]
 
+    def atom_index(self, indices) -> np.ndarray:
+        """Rows of the flat atom arrays that belong to crystals ``indices``, in that order."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if not len(indices):
+            return np.zeros(0, np.int64)
+        return np.concatenate([np.arange(self.offsets[i], self.offsets[i + 1]) for i in indices])
+
     def subset(self, indices) -> CrystalTable:
         """A new table holding only ``indices`` (in that order)."""
         indices = np.asarray(indices, dtype=np.int64)
-        atom_idx = np.concatenate([np.arange(self.offsets[i], self.offsets[i + 1]) for i in indices]) if len(indices) else np.zeros(0, np.int64)
+        atom_idx = self.atom_index(indices)
         return CrystalTable(
             ids=[self.ids[i] for i in indices], formulas=[self.formulas[i] for i in indices],
             numbers=self.numbers[atom_idx], frac_coords=self.frac_coords[atom_idx],

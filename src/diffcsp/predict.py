@@ -168,7 +168,7 @@ def predict_split(model: DiffCSP, table, num_samples: int = 1, steps: int | None
     dataset, split = table.source.get("dataset", model.config.dataset), table.source.get("split", "")
     gamma = step_lr if step_lr is not None else get_dataset(dataset).step_lr("csp", num_samples)
     idx = np.tile(np.arange(len(table)), num_samples)  # sample-major: every crystal once, then again …
-    atom_idx = np.concatenate([np.arange(table.offsets[i], table.offsets[i + 1]) for i in idx])
+    atom_idx = table.atom_index(idx)
     result, meta = _timed_sample(model, table.num_atoms[idx], torch.as_tensor(table.numbers[atom_idx]), gamma,
                                  steps=steps, seed=seed, batch_size=batch_size, progress=progress)
     crystals = []
