@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import multiprocessing as mp
 import os
 import time
 import warnings
@@ -28,6 +27,7 @@ from tqdm.auto import tqdm
 from diffcsp.errors import DataError
 from diffcsp.fileio import atomic_write, write_json
 from diffcsp.lattice import lattice_from_params
+from diffcsp.parallel import mp_context
 from diffcsp.registry import DatasetInfo, default_cache_dir, get_dataset, split_path
 
 #: Bump whenever the record construction changes; it invalidates every cache.
@@ -242,7 +242,8 @@ def parse_csv(path: Path, info: DatasetInfo, workers: int | None = None, progres
     workers = workers if workers is not None else min(len(jobs) // 200 + 1, os.cpu_count() or 1)
     bar = dict(total=len(jobs), desc=f"parsing {info.name}/{path.stem}", unit="crystal", disable=not progress)
     if workers > 1:
-        with mp.get_context("fork" if os.name == "posix" else "spawn").Pool(workers) as pool:
+        # never fork: the caller often has torch's OpenMP threads running (see diffcsp.parallel)
+        with mp_context(["diffcsp.data"]).Pool(workers) as pool:
             results = list(tqdm(pool.imap(_parse_row, jobs, chunksize=32), **bar))
     else:
         results = [_parse_row(job) for job in tqdm(jobs, **bar)]

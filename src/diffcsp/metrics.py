@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import math
-import multiprocessing
 import os
 import signal
 import threading
@@ -38,6 +37,7 @@ from pymatgen.core import Structure
 from tqdm.auto import tqdm
 
 from diffcsp.fileio import atomic_write
+from diffcsp.parallel import mp_context
 from diffcsp.predictions import Predictions, dict_to_structure, structure_to_dict
 
 #: A structure as the evaluator accepts it: a pymatgen Structure or a predictions-file dict.
@@ -372,17 +372,6 @@ def _worker_init() -> None:
         pass
 
 
-def _mp_context() -> multiprocessing.context.BaseContext:
-    """forkserver where available: fork-safe even if the parent runs threads (torch), and cheap
-    because the server imports pymatgen once."""
-    methods = multiprocessing.get_all_start_methods()
-    if "forkserver" in methods:
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["diffcsp.metrics"])
-        return ctx
-    return multiprocessing.get_context("spawn")
-
-
 def evaluate_csp(
     pairs: Sequence[CrystalInput],
     workers: int | None = None,
@@ -408,7 +397,7 @@ def evaluate_csp(
         else:
             # (workers == 1 lands here off the main thread: a thread cannot install SIGALRM
             # handlers, a worker process's main thread can.)
-            pool = ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context(), initializer=_worker_init)
+            pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp_context(["diffcsp.metrics"]), initializer=_worker_init)
             try:
                 futures = {
                     pool.submit(
