@@ -119,7 +119,10 @@ def _load_lightning(path: Path) -> DiffCSP:
     ckpt = read_lightning_checkpoint(path)
     try:
         config = ckpt["hyper_parameters"]["model_config"]
-        state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
+        raw = ckpt["state_dict"]
+        # A run trained with an EMA of the weights keeps both copies; the average is the model.
+        prefix = "ema_model." if any(k.startswith("ema_model.") for k in raw) else "model."
+        state = {k.removeprefix(prefix): v for k, v in raw.items() if k.startswith(prefix)}
     except (KeyError, TypeError) as exc:
         raise CheckpointError(f"{path}: not a diffcsp training checkpoint (missing {exc})") from None
     return _build(config, state, path)

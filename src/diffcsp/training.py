@@ -16,9 +16,11 @@ of every epoch depends only on (seed, epoch), so a resumed run sees the same dat
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import math
+import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -71,6 +73,9 @@ class TrainConfig:
     lr_patience: int = 30
     min_lr: float = 1e-4
     grad_clip: float = 0.5
+    #: decay of the exponential moving average of the weights used for validation, model
+    #: selection, export and sampling (0 turns it off: the paper's setting).
+    ema_decay: float = 0.0
     seed: int = 0
     val_fraction: float = 0.1
     limit: int | None = None  # use only the first N training crystals (tests, smoke runs)
@@ -151,14 +156,52 @@ def eval_loader(table: CrystalTable, batch_size: int) -> DataLoader:
 
 # -- Lightning pieces -----------------------------------------------------------------------
 class DiffCSPModule(L.LightningModule):
-    """Lightning wrapper: optimiser, schedule, divergence guard, deterministic validation."""
+    """Lightning wrapper: optimiser, schedule, EMA weights, divergence guard, deterministic
+    validation, and the RNG state in every checkpoint (so a resumed run continues exactly)."""
 
     def __init__(self, model_config: dict[str, Any], lr: float = 1e-3, lr_factor: float = 0.6, lr_patience: int = 30,
-                 min_lr: float = 1e-4):
+                 min_lr: float = 1e-4, ema_decay: float = 0.0):
         super().__init__()
         self.save_hyperparameters()
         self.model = DiffCSP(ModelConfig.from_dict(model_config))
+        # The averaged copy is a submodule, so it moves with the model and is saved in the
+        # checkpoint's state_dict under "ema_model."; the optimiser never sees it.
+        self.ema_model = copy.deepcopy(self.model).requires_grad_(False) if ema_decay > 0 else None
         self._train_sum, self._train_count = 0.0, 0
+
+    @property
+    def eval_model(self) -> DiffCSP:
+        """The weights to validate, select and export: the EMA copy when there is one."""
+        return self.ema_model if self.ema_model is not None else self.model
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self.ema_model is None:
+            return
+        # Warm-up of the decay (as in Keras/timm): early on the average forgets the random init fast.
+        step = self.global_step
+        decay = min(self.hparams.ema_decay, (1 + step) / (10 + step))
+        ema = list(self.ema_model.parameters())
+        torch._foreach_lerp_(ema, [p.detach() for p in self.model.parameters()], 1 - decay)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["rng_states"] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                                    "python": random.getstate()}
+        if torch.cuda.is_available() and self.device.type == "cuda":
+            checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state(self.device)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._restore_rng = checkpoint.get("rng_states")
+
+    def on_train_start(self) -> None:
+        # Restored here, not in on_load_checkpoint: Lightning seeds and builds loaders in between.
+        states = getattr(self, "_restore_rng", None)
+        if states:
+            torch.set_rng_state(states["torch"])
+            np.random.set_state(states["numpy"])
+            random.setstate(states["python"])
+            if "cuda" in states and self.device.type == "cuda":
+                torch.cuda.set_rng_state(states["cuda"], self.device)
+            self._restore_rng = None
 
     def training_step(self, batch, batch_idx):
         losses = self.model.loss(batch)
@@ -182,7 +225,7 @@ class DiffCSPModule(L.LightningModule):
         torch.manual_seed(987654321)
 
     def validation_step(self, batch, batch_idx):
-        losses = self.model.loss(batch)
+        losses = self.eval_model.loss(batch)
         for key, value in losses.items():
             self.log(f"val_{key.removeprefix('loss_')}" if key != "loss" else "val_loss", value,
                      batch_size=batch.num_graphs, on_epoch=True, prog_bar=key == "loss", sync_dist=True)
@@ -317,7 +360,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     print(f"data protocol: {protocol['name']} — train {protocol['train_size']} crystals ({protocol['train']}), "
           f"validation {protocol['val_size']} ({protocol['val']})")
 
-    module = DiffCSPModule(cfg.model, lr=cfg.lr, lr_factor=cfg.lr_factor, lr_patience=cfg.lr_patience, min_lr=cfg.min_lr)
+    module = DiffCSPModule(cfg.model, lr=cfg.lr, lr_factor=cfg.lr_factor, lr_patience=cfg.lr_patience, min_lr=cfg.min_lr,
+                           ema_decay=cfg.ema_decay)
     callbacks = [
         MetricsLog(run_dir),
         ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_loss", mode="min", save_top_k=1,
