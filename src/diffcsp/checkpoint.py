@@ -6,37 +6,180 @@ Two forms are understood:
   and ``model.safetensors`` (weights and schedule buffers). Small, safe to load, and what the
   package ships as its bundled model;
 * a Lightning training checkpoint (``*.ckpt``), as written into a run directory.
+
+Integrity. A file can be damaged without becoming unreadable: bytes overwritten inside the
+tensor data of a ``.safetensors`` file leave its header intact, so it parses, and the model
+then computes with garbage (NaN weights once crashed the structure analysis of ``predict``).
+Every exported model therefore records ``weights_sha256`` in its ``config.json``, and a
+training checkpoint records ``diffcsp_weights_sha256``; both are checked on every load, and
+non-finite weights are refused whatever the hash says. Models written before the hash existed
+still load, with an :class:`UnverifiedWeightsWarning`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import pickle
+import shutil
+import tempfile
+import warnings
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from diffcsp.errors import CheckpointError
-from diffcsp.fileio import atomic_write, write_json
+from diffcsp.fileio import _umask, atomic_write, write_json
 from diffcsp.model import DiffCSP, ModelConfig
 
 BUNDLED_DIR = Path(__file__).parent / "models"
 DEFAULT_MODEL = "perov_5_cpu"
+#: key of the weights hash in an exported model's config.json
+HASH_KEY = "weights_sha256"
+#: key of the weights hash in a Lightning checkpoint dict (written by the training module)
+CKPT_HASH_KEY = "diffcsp_weights_sha256"
+#: the Lightning module holds the DiffCSP model as ``self.model``
+LIGHTNING_PREFIX = "model."
+
+
+class UnverifiedWeightsWarning(UserWarning):
+    """A model without a recorded weights hash was loaded: damage to it cannot be detected."""
+
+
+def weights_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 (hex) of a :class:`DiffCSP` state dict: for every tensor in sorted key order, its
+    name, dtype, shape and raw bytes.
+
+    Why over tensors and not over the file's bytes: one definition serves both forms — a
+    Lightning checkpoint cannot contain a hash of its own bytes, and its pickle bytes are not
+    canonical anyway — and it checks exactly what is loaded into the model. A training
+    checkpoint and the model exported from it therefore carry the same hash. Keys are those of
+    ``DiffCSP.state_dict()`` (no Lightning ``model.`` prefix; see :func:`stamp_checkpoint`).
+    """
+    digest = hashlib.sha256()
+    for key in sorted(state_dict):
+        tensor = state_dict[key].detach().cpu().contiguous()
+        digest.update(f"{key}\0{str(tensor.dtype).removeprefix('torch.')}\0{tuple(tensor.shape)}\0".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def stamp_checkpoint(checkpoint: dict[str, Any]) -> None:
+    """Record the weights hash in a Lightning checkpoint dict (call from ``on_save_checkpoint``)."""
+    state = {k.removeprefix(LIGHTNING_PREFIX): v for k, v in checkpoint["state_dict"].items()}
+    checkpoint[CKPT_HASH_KEY] = weights_sha256(state)
 
 
 def export_model(model: DiffCSP, out_dir: str | Path, meta: dict[str, Any] | None = None) -> Path:
-    """Write ``config.json`` + ``model.safetensors`` (both atomically) into ``out_dir``."""
+    """Write ``config.json`` + ``model.safetensors`` into ``out_dir`` as one unit.
+
+    Both files are written into a temporary sibling folder which then replaces ``out_dir``, so
+    a reader sees the old pair or the new pair, never one file of each (a model whose recorded
+    hash does not match its weights would be refused as damaged). Other files in an existing
+    ``out_dir`` (e.g. a model card) are carried over; a folder holding subfolders is not an
+    exported model and is refused rather than replaced. A process killed between the two
+    renames of the swap leaves ``out_dir`` missing and the old pair in ``.NAME.*.old``.
+    """
     from safetensors.torch import save
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CheckpointError(f"{out_dir} exists and is not a folder")
+    if out_dir.is_dir():
+        nested = [p.name for p in out_dir.iterdir() if p.is_dir()]
+        if nested:
+            raise CheckpointError(f"refusing to replace {out_dir}: it holds more than an exported model (folder {nested[0]!r})")
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_write(out_dir / "model.safetensors") as handle:
-        handle.write(save(tensors))
-    write_json(out_dir / "config.json", {"format": "diffcsp-model", "version": 1, "config": model.config.to_dict(), "meta": meta or {}})
+    payload = {"format": "diffcsp-model", "version": 1, HASH_KEY: weights_sha256(tensors),
+               "config": model.config.to_dict(), "meta": meta or {}}
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders
+        with atomic_write(tmp / "model.safetensors") as handle:
+            handle.write(save(tensors))
+        write_json(tmp / "config.json", payload)
+        if out_dir.is_dir():
+            for extra in out_dir.iterdir():
+                if extra.name not in ("model.safetensors", "config.json") and not extra.name.startswith("."):
+                    shutil.copy2(extra, tmp / extra.name)
+        _replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return out_dir
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Move folder ``new`` to ``target``, replacing an existing ``target`` folder.
+
+    POSIX cannot rename a folder over a non-empty one, so the old folder is first renamed
+    aside, then removed; if the second rename fails the old folder is put back.
+    """
+    if not target.exists():
+        os.rename(new, target)
+        return
+    old = new.with_name(new.name.removesuffix(".tmp") + ".old")
+    os.rename(target, old)
+    try:
+        os.rename(new, target)
+    except BaseException:
+        os.rename(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def add_weights_hash(model_dir: str | Path) -> str:
+    """Record ``weights_sha256`` in the ``config.json`` of a model exported before the hash
+    existed (computed from its current weights, which are checked for non-finite values).
+
+    Only for models you trust as they are: the hash certifies the weights present now. A
+    folder that already records a different hash is refused as damaged. Returns the hash.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    model_dir = Path(model_dir)
+    config_path, weights = model_dir / "config.json", model_dir / "model.safetensors"
+    payload = _read_config(config_path, weights)
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{weights}: damaged weights file ({exc})") from None
+    _check_finite(state, weights)
+    digest = weights_sha256(state)
+    recorded = payload.get(HASH_KEY)
+    if recorded == digest:
+        return digest
+    if recorded is not None:
+        raise CheckpointError(f"{weights}: weights do not match the {HASH_KEY} recorded in {config_path.name}; not overwriting it")
+    head = {k: payload[k] for k in ("format", "version") if k in payload}
+    write_json(config_path, {**head, HASH_KEY: digest, **{k: v for k, v in payload.items() if k not in head}})
+    return digest
+
+
+def _check_finite(state: Mapping[str, torch.Tensor], source: Path) -> None:
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{source}: damaged weights (non-finite values in {len(bad)} tensors, e.g. {bad[0]})")
+
+
+def _verify_hash(state: Mapping[str, torch.Tensor], recorded: Any, source: Path, where: str) -> None:
+    """Compare the weights with their recorded hash; no hash → a warning, not an error."""
+    if recorded is None:
+        warnings.warn(f"{source}: no weights hash recorded (written by an older diffcsp); damage to the weights "
+                      "cannot be detected", UnverifiedWeightsWarning, stacklevel=4)
+        return
+    if not isinstance(recorded, str) or len(recorded) != 64:
+        raise CheckpointError(f"{source}: damaged {where} (invalid weights hash {recorded!r})")
+    actual = weights_sha256(state)
+    if actual != recorded:
+        raise CheckpointError(f"{source}: damaged weights (sha256 {actual[:12]}… does not match "
+                              f"{recorded[:12]}… recorded in {where})")
 
 
 def _build(config: dict[str, Any], state: dict[str, torch.Tensor], source: Path) -> DiffCSP:
@@ -62,6 +205,7 @@ def _build(config: dict[str, Any], state: dict[str, torch.Tensor], source: Path)
             ) if part
         )
         raise CheckpointError(f"{source}: weights do not match the model settings ({detail})")
+    _check_finite(state, source)
     model.load_state_dict(state, strict=True)
     model.eval()
     return model
@@ -69,7 +213,11 @@ def _build(config: dict[str, Any], state: dict[str, torch.Tensor], source: Path)
 
 def load_model(path: str | Path | None = None, device: str | torch.device = "cpu") -> DiffCSP:
     """Load an exported model folder, a ``model.safetensors`` file, a Lightning ``.ckpt``, a
-    run directory (its best checkpoint), or — with no path — the bundled default model."""
+    run directory (its best checkpoint), or — with no path — the bundled default model.
+
+    Weights are checked against their recorded SHA-256 and for non-finite values; any damage
+    raises :class:`CheckpointError`.
+    """
     path = Path(path) if path is not None else BUNDLED_DIR / DEFAULT_MODEL
     if not path.exists() and (BUNDLED_DIR / str(path)).is_dir():
         path = BUNDLED_DIR / str(path)  # a bundled model by name
@@ -89,22 +237,29 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
     return _load_lightning(path).to(device)
 
 
-def _load_exported(weights: Path, config_path: Path) -> DiffCSP:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
+def _read_config(config_path: Path, weights: Path) -> dict[str, Any]:
     if not config_path.is_file():
         raise CheckpointError(f"{config_path} missing next to {weights.name}")
     try:
         payload = json.loads(config_path.read_text())
-        config = payload["config"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        if not isinstance(payload, dict) or not isinstance(payload["config"], dict):
+            raise TypeError("not a diffcsp model config")
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{config_path}: damaged model config ({exc})") from None
+    return payload
+
+
+def _load_exported(weights: Path, config_path: Path) -> DiffCSP:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    payload = _read_config(config_path, weights)
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{weights}: damaged weights file ({exc})") from None
-    return _build(config, state, weights)
+    _verify_hash(state, payload.get(HASH_KEY), weights, config_path.name)
+    return _build(payload["config"], state, weights)
 
 
 def read_lightning_checkpoint(path: Path) -> dict[str, Any]:
@@ -117,14 +272,16 @@ def read_lightning_checkpoint(path: Path) -> dict[str, Any]:
 
 def _load_lightning(path: Path) -> DiffCSP:
     ckpt = read_lightning_checkpoint(path)
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path}: not a diffcsp training checkpoint (holds a {type(ckpt).__name__})")
     try:
         config = ckpt["hyper_parameters"]["model_config"]
-        raw = ckpt["state_dict"]
-        # A run trained with an EMA of the weights keeps both copies; the average is the model.
-        prefix = "ema_model." if any(k.startswith("ema_model.") for k in raw) else "model."
-        state = {k.removeprefix(prefix): v for k, v in raw.items() if k.startswith(prefix)}
-    except (KeyError, TypeError) as exc:
+        state = {k.removeprefix(LIGHTNING_PREFIX): v for k, v in ckpt["state_dict"].items()}
+    except (KeyError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"{path}: not a diffcsp training checkpoint (missing {exc})") from None
+    if not isinstance(config, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: not a diffcsp training checkpoint (unexpected model_config or state_dict)")
+    _verify_hash(state, ckpt.get(CKPT_HASH_KEY), path, "the checkpoint")
     return _build(config, state, path)
 
 
