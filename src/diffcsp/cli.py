@@ -183,58 +183,70 @@ Checkpoint = Annotated[Optional[Path], typer.Option("--checkpoint", "-c", help="
 
 @app.command("predict")
 def predict_cmd(
-    formula: Annotated[str, typer.Argument(help="Composition of one unit cell, e.g. SrTiO3 or Sr2Ti2O6.")],
+    formula: Annotated[Optional[str], typer.Argument(help="Composition of one formula unit, e.g. SrTiO3 or LiFePO4 (or give --from-cif).", show_default=False)] = None,
     n: Annotated[int, typer.Option("-n", "--num-samples", help="Number of structures to sample.")] = 5,
     checkpoint: Checkpoint = None,
-    out: Annotated[Path, typer.Option("--out", help="Folder for the CIF files and summary.csv.")] = Path("predictions"),
-    formula_units: Annotated[int, typer.Option("--formula-units", "-z", help="Multiply the composition (atoms per cell).")] = 1,
+    out: Annotated[Path, typer.Option("--out", help="Folder for the CIF and PNG files and summary.csv.")] = Path("predictions"),
+    formula_units: Annotated[Optional[int], typer.Option("--formula-units", "-z", help="Formula units per cell (Z) for every sample. Default: each sample's Z is drawn from the cell sizes the model saw in training (Z × atoms per formula ≤ the model's limit, weighted by how often it saw them; Z = 1 with a warning if it saw none). The table and summary.csv give each sample's Z.", show_default=False)] = None,
+    from_cif: Annotated[Optional[Path], typer.Option("--from-cif", help="Take the composition and Z from this structure's cell (CIF, or any file pymatgen reads).", show_default=False)] = None,
     steps: Steps = None,
     step_lr: Annotated[Optional[float], typer.Option("--step-lr", help="Corrector step size γ (default: the paper's value for the model's dataset).")] = None,
     seed: Seed = 0,
     threads: Annotated[int, typer.Option("--threads", help="CPU threads for torch (a few small cells: one is fastest).")] = 1,
 ) -> None:
-    """Predict crystal structures for a composition; write CIFs and a summary table."""
-    import csv
-    import io
+    """Predict crystal structures for a composition.
+
+    For each sample NAME_i it writes NAME_i.cif (the sampled cell, P1, raw coordinates), NAME_i_sym.cif (the same crystal symmetrised by spglib at symprec 0.1 Å: the refined conventional cell in the space group the table reports) and NAME_i.png (the cell, atoms coloured by element); summary.csv lists each sample's Z, lattice, volume, density, space group and validity. The method: docs/method.md.
+    """
     import warnings
 
     from rich.console import Console
-    from rich.table import Table
 
     from diffcsp.checkpoint import load_model, model_meta
-    from diffcsp.fileio import write_text
-    from diffcsp.predict import check_supported, composition_to_numbers, describe, predict, write_structures
+    from diffcsp.predict import SYMPREC, composition_to_numbers, plan_prediction, read_structure, sample_plan, write_predictions
 
     with _Guard():
         import torch
 
         torch.set_num_threads(threads)
-        numbers = composition_to_numbers(formula, formula_units)
+        if (formula is None) == (from_cif is None):
+            raise ValueError("give a formula or --from-cif FILE (exactly one)")
+        if from_cif is not None:
+            if formula_units is not None:
+                raise ValueError("--from-cif takes Z from the file's cell; drop -z/--formula-units")
+            composition = read_structure(from_cif)
+            name = composition.composition.reduced_formula
+        else:
+            composition_to_numbers(formula)  # a bad formula fails before the model loads
+            composition, name = formula, formula
         model = load_model(checkpoint)
         meta = model_meta(checkpoint) if checkpoint is None or checkpoint.is_dir() else {}
         cfg = model.config
         console = Console(stderr=True)
         console.print(f"model: {checkpoint or 'bundled ' + cfg.dataset + ' CSP model'} — trained on {cfg.dataset} "
                       f"(≤ {cfg.max_atoms} atoms, {len(cfg.elements)} elements){'; ' + meta['suited_for'] if meta.get('suited_for') else ''}")
-        for note in check_supported(model, numbers):
+        plan = plan_prediction(model, composition, n, formula_units, seed)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            structures = sample_plan(model, plan, steps=steps, step_lr=step_lr, seed=seed, progress=True)
+        for note in plan.notes + [str(w.message) for w in caught]:
             console.print(f"[yellow]warning:[/yellow] {note}")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            structures = predict(numbers, n=n, model=model, steps=steps, step_lr=step_lr, seed=seed, progress=True)
-        stem = "".join(ch for ch in formula if ch.isalnum()) or "crystal"
-        paths = write_structures(structures, out, stem)
-        rows = [dict(file=p.name, **describe(s)) for p, s in zip(paths, structures, strict=True)]
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-        write_text(out / "summary.csv", buffer.getvalue())
-        table = Table(title=f"{formula}: {n} predicted structures → {out}/")
-        for key in ["file", "formula", "a", "b", "c", "alpha", "beta", "gamma", "volume", "density", "spacegroup", "valid"]:
-            table.add_column(key, justify="right" if key not in ("file", "formula", "spacegroup") else "left")
-        for row in rows:
-            table.add_row(*[str(row[str(col.header)]) for col in table.columns])
-        Console(width=None if Console().is_terminal else 160).print(table)
+        stem = "".join(ch for ch in name if ch.isalnum()) or "crystal"
+        rows = write_predictions(structures, plan.formula_units, out, stem, symprec=SYMPREC)
+        _print_prediction_table(rows, f"{name}: {n} predicted structures → {out}/ (space groups at symprec {SYMPREC} Å)")
+
+
+def _print_prediction_table(rows: list[dict], title: str) -> None:
+    """The summary rows of `diffcsp predict` as a table on stdout."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for key in ["file", "Z", "formula", "a", "b", "c", "alpha", "beta", "gamma", "volume", "density", "spacegroup", "valid"]:
+        table.add_column(key, justify="left" if key in ("file", "formula", "spacegroup") else "right")
+    for row in rows:
+        table.add_row(*[str(row[str(col.header)]) for col in table.columns])
+    Console(width=None if Console().is_terminal else 170).print(table)
 
 
 @app.command("sample")

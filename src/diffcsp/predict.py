@@ -1,7 +1,11 @@
 """The notebook API: ``predict("SrTiO3", n=10)`` → a list of pymatgen Structures.
 
-Compositions are read with pymatgen and taken as the contents of one unit cell (times
-``formula_units``): "SrTiO3" is a 5-atom cell, "Sr2Ti2O6" or ``formula_units=2`` a 10-atom one.
+A composition is read with pymatgen as one *formula unit*; the unit cell holds Z of them.
+Z is fixed with ``formula_units`` or, by default, drawn per sample from the cell sizes the model
+saw in training (its ``num_atoms_hist``): a model trained on MP-20 puts LiFePO4 in cells of 7, 14
+or 28 atoms as often as it saw such cells, where a fixed Z = 1 would force every sample into a
+7-atom cell that the real compound (Z = 4) does not have. A pymatgen ``Structure`` (or a CIF
+via the CLI) gives both: its reduced formula is the unit and its cell fixes Z.
 """
 
 from __future__ import annotations
@@ -9,8 +13,9 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
 import torch
@@ -23,11 +28,24 @@ from diffcsp.predictions import Predictions, arrays_to_dict
 from diffcsp.registry import get_dataset
 from diffcsp.sampler import SampleResult, sample
 
+#: What :func:`predict` accepts as a composition.
+CompositionLike = Union[str, Composition, Structure, Sequence[Union[str, int]]]
+#: spglib tolerance (Å) for the space group in the summary and the symmetrised CIF.
+SYMPREC = 0.1
 
-def composition_to_numbers(composition: str | Composition | Sequence[str | int], formula_units: int = 1) -> list[int]:
-    """Atomic numbers of one unit cell, sorted by element, with clear errors for bad input."""
+
+def composition_to_numbers(composition: CompositionLike, formula_units: int = 1) -> list[int]:
+    """Atomic numbers of ``formula_units`` copies of a formula, sorted, with clear errors for bad input.
+
+    A ``Structure`` gives its reduced formula (use :func:`structure_formula_units` for its Z).
+    """
     if formula_units < 1:
         raise CompositionError(f"formula_units must be ≥ 1, got {formula_units}")
+    if isinstance(composition, Structure):
+        if not composition.is_ordered:
+            raise CompositionError(f"{composition.composition.formula}: a disordered structure (partial occupancies) "
+                                   "has no whole-atom composition")
+        composition = composition.composition.reduced_composition
     if isinstance(composition, (list, tuple)):
         numbers = []
         for species in composition:
@@ -37,6 +55,8 @@ def composition_to_numbers(composition: str | Composition | Sequence[str | int],
                 raise CompositionError(f"unknown element {species!r}") from None
             if numbers[-1] > 100:
                 raise CompositionError(f"element {species} (Z={numbers[-1]}) is beyond the model's 100 elements")
+        if not numbers:
+            raise CompositionError("empty composition")
         return sorted(numbers * formula_units)
     if isinstance(composition, str):
         try:
@@ -58,6 +78,27 @@ def composition_to_numbers(composition: str | Composition | Sequence[str | int],
     return sorted(numbers * formula_units)
 
 
+def structure_formula_units(structure: Structure) -> int:
+    """Z of a structure's cell: how many reduced formula units it holds."""
+    return int(round(structure.composition.get_reduced_composition_and_factor()[1]))
+
+
+def read_structure(path: str | Path) -> Structure:
+    """Read a CIF (or any file pymatgen reads: POSCAR, …) with a one-line error if it cannot."""
+    path = Path(path)
+    if not path.is_file():
+        raise CompositionError(f"{path}: no such file")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pymatgen warns about every rounding it does in a CIF
+        try:
+            structure = Structure.from_file(path)
+        except Exception as exc:  # pymatgen raises many exception types for unreadable files
+            raise CompositionError(f"cannot read a crystal structure from {path}: {type(exc).__name__}: {exc}") from None
+    if len(structure) == 0:
+        raise CompositionError(f"{path}: the structure has no atoms")
+    return structure
+
+
 def check_supported(model: DiffCSP, numbers: Sequence[int]) -> list[str]:
     """Raise for cells the model cannot handle; return warnings for ones it was not trained on."""
     cfg = model.config
@@ -75,49 +116,133 @@ def check_supported(model: DiffCSP, numbers: Sequence[int]) -> list[str]:
     return notes
 
 
-def predict(composition: str | Composition | Sequence[str | int], n: int = 1, model: DiffCSP | str | Path | None = None,
-            formula_units: int = 1, steps: int | None = None, step_lr: float | None = None, seed: int | None = 0,
-            progress: bool = False, device: str | torch.device | None = None) -> list[Structure]:
-    """Predict ``n`` crystal structures for a composition with a CSP model (default: bundled).
+def formula_unit_choices(model: DiffCSP, atoms_per_unit: int) -> tuple[list[int], list[float]]:
+    """Z values the model saw cells of (Z·atoms ≤ max_atoms, seen in training) and their weights."""
+    hist = model.config.num_atoms_hist
+    zs = [z for z in range(1, model.config.max_atoms // atoms_per_unit + 1)
+          if z * atoms_per_unit < len(hist) and hist[z * atoms_per_unit] > 0]
+    total = sum(hist[z * atoms_per_unit] for z in zs)
+    return zs, [hist[z * atoms_per_unit] / total for z in zs]
 
-    ``step_lr`` defaults to the paper's corrector step size for the model's training dataset.
+
+@dataclass
+class PredictionPlan:
+    """What will be sampled: the formula unit, Z of every sample, and warnings for the user."""
+
+    unit: list[int]  # atomic numbers of one formula unit
+    formula_units: np.ndarray  # (n,) Z of each sample
+    notes: list[str]
+
+    def cell(self, i: int) -> list[int]:
+        """Atomic numbers of sample ``i``'s cell."""
+        return sorted(self.unit * int(self.formula_units[i]))
+
+
+def plan_prediction(model: DiffCSP, composition: CompositionLike, n: int, formula_units: int | None = None,
+                    seed: int | None = 0) -> PredictionPlan:
+    """Check the input against the model and choose Z for each of ``n`` samples.
+
+    ``formula_units=None`` draws Z with probability ∝ how many training cells had Z·(atoms per
+    unit) atoms (seeded by ``seed``); if none did, Z = 1 with a note. A ``Structure`` fixes Z to
+    its own cell's.
     """
-    if not isinstance(model, DiffCSP):
-        model = load_model(model, device=device or "cpu")
     if model.is_gen:
-        raise CompositionError("this is an ab initio generation model; use a CSP model for predict()")
+        raise CompositionError("this is an ab initio generation model; use a CSP model to predict a composition")
     if n < 1:
         raise ValueError(f"n must be ≥ 1, got {n}")
-    numbers = composition_to_numbers(composition, formula_units)
-    for note in check_supported(model, numbers):
-        warnings.warn(note, stacklevel=2)
+    if isinstance(composition, Structure):
+        if formula_units is not None:
+            raise CompositionError("formula_units comes from the structure's cell; do not pass both")
+        unit = composition_to_numbers(composition)
+        formula_units = structure_formula_units(composition)
+    else:
+        unit = composition_to_numbers(composition)
+    notes: list[str] = []
+    if formula_units is not None:
+        if formula_units < 1:
+            raise CompositionError(f"formula_units must be ≥ 1, got {formula_units}")
+        zs = np.full(n, formula_units, dtype=np.int64)
+    else:
+        choices, weights = formula_unit_choices(model, len(unit))
+        if choices:
+            zs = np.random.default_rng(seed).choice(choices, size=n, p=weights).astype(np.int64)
+        else:
+            zs = np.ones(n, dtype=np.int64)
+            seen = [k for k, c in enumerate(model.config.num_atoms_hist) if c]
+            notes.append(f"the model saw no cell of a whole number of {len(unit)}-atom formula units "
+                         f"(≤ {model.config.max_atoms} atoms; seen sizes: {seen}); using Z = 1")
+    fallback = bool(notes)
+    for z in sorted(set(zs.tolist())):
+        for note in check_supported(model, sorted(unit * z)):
+            if note not in notes and not (fallback and "atoms per cell never seen" in note):  # Z note says so
+                notes.append(note)
+    return PredictionPlan(unit=unit, formula_units=zs, notes=notes)
+
+
+def sample_plan(model: DiffCSP, plan: PredictionPlan, steps: int | None = None, step_lr: float | None = None,
+                seed: int | None = 0, progress: bool = False, device: str | torch.device | None = None) -> list[Structure]:
+    """Sample every cell of a plan in one sampler call (cells of different sizes batch together)."""
+    n = len(plan.formula_units)
     if step_lr is None:
         step_lr = default_step_lr(model, num_samples=n)
-    result = sample(model, [len(numbers)] * n, torch.tensor(numbers * n), step_lr=step_lr, steps=steps, seed=seed,
-                    progress=progress, device=device)
+    cells = [plan.cell(i) for i in range(n)]
+    result = sample(model, [len(c) for c in cells], torch.tensor([z for c in cells for z in c]), step_lr=step_lr,
+                    steps=steps, seed=seed, progress=progress, device=device)
     return result.structures()
 
 
-def default_step_lr(model: DiffCSP, num_samples: int = 1) -> float:
-    """SPEC §6 step size for the model's dataset (MP-20's value if the dataset is unknown)."""
+def predict(composition: CompositionLike, n: int = 1, model: DiffCSP | str | Path | None = None,
+            formula_units: int | None = None, steps: int | None = None, step_lr: float | None = None,
+            seed: int | None = 0, progress: bool = False, device: str | torch.device | None = None) -> list[Structure]:
+    """Predict ``n`` crystal structures for a composition with a CSP model (default: bundled).
+
+    ``composition``: a formula ("LiFePO4"), a pymatgen ``Composition``, a species list, or a
+    ``Structure`` (its reduced formula and its Z). ``formula_units``: Z for every sample; ``None``
+    draws Z per sample from the cell sizes seen in training (see :func:`plan_prediction`).
+    ``step_lr`` defaults to the paper's corrector step size for the model's training dataset.
+    Unusual inputs (unseen elements or cell sizes) give ``UserWarning``s.
+    """
+    if not isinstance(model, DiffCSP):
+        model = load_model(model, device=device or "cpu")
+    plan = plan_prediction(model, composition, n, formula_units, seed)
+    for note in plan.notes:
+        warnings.warn(note, stacklevel=2)
+    return sample_plan(model, plan, steps=steps, step_lr=step_lr, seed=seed, progress=progress, device=device)
+
+
+def default_step_lr(model: DiffCSP, num_samples: int = 1, dataset: str | None = None) -> float:
+    """The paper's corrector step size γ for ``dataset`` (default: the model's training set).
+
+    The one lookup behind every sampling entry point. A dataset the paper gives no value for
+    gets MP-20's (the most general chemistry) with a warning.
+    """
+    dataset = model.config.dataset if dataset is None else dataset
+    task = "gen" if model.is_gen else "csp"
     try:
-        info = get_dataset(model.config.dataset)
+        return get_dataset(dataset).step_lr(task, num_samples)
     except ValueError:
-        info = get_dataset("mp_20")
-    return info.step_lr("gen" if model.is_gen else "csp", num_samples)
+        gamma = get_dataset("mp_20").step_lr(task, num_samples)
+        warnings.warn(f"no paper step size for dataset {dataset!r}; using MP-20's corrector step γ = {gamma:g} "
+                      "(set step_lr / --step-lr to override)", stacklevel=2)
+        return gamma
 
 
-def describe(structure: Structure, symprec: float = 0.1) -> dict[str, Any]:
-    """One summary row: formula, lattice, volume, density, space group (spglib), validity."""
+def spacegroup(structure: Structure, symprec: float = SYMPREC) -> tuple[str, int] | None:
+    """(Hermann–Mauguin symbol, number) by spglib, or None where spglib fails (degenerate cells)."""
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
-
-    from diffcsp.metrics import is_structurally_valid
 
     try:
         sga = SpacegroupAnalyzer(structure, symprec=symprec)
-        spacegroup = f"{sga.get_space_group_symbol()} ({sga.get_space_group_number()})"
-    except Exception:  # spglib fails on degenerate cells; the row still gets written
-        spacegroup = "?"
+        return sga.get_space_group_symbol(), sga.get_space_group_number()
+    except Exception:  # spglib raises on overlapping atoms or collapsed cells
+        return None
+
+
+def describe(structure: Structure, symprec: float = SYMPREC) -> dict[str, Any]:
+    """One summary row: formula, lattice, volume, density, space group (spglib), validity."""
+    from diffcsp.metrics import is_structurally_valid
+
+    sg = spacegroup(structure, symprec)
     a, b, c = structure.lattice.abc
     alpha, beta, gamma = structure.lattice.angles
     return {
@@ -125,12 +250,12 @@ def describe(structure: Structure, symprec: float = 0.1) -> dict[str, Any]:
         "a": round(a, 4), "b": round(b, 4), "c": round(c, 4),
         "alpha": round(alpha, 2), "beta": round(beta, 2), "gamma": round(gamma, 2),
         "volume": round(structure.volume, 3), "density": round(float(structure.density), 4),
-        "spacegroup": spacegroup, "valid": is_structurally_valid(structure),
+        "spacegroup": f"{sg[0]} ({sg[1]})" if sg else "?", "valid": is_structurally_valid(structure),
     }
 
 
 def write_structures(structures: Sequence[Structure], out_dir: str | Path, stem: str) -> list[Path]:
-    """Write each structure as ``<stem>_<i>.cif`` (atomically) and return the paths."""
+    """Write each structure as ``<stem>_<i>.cif`` (atomically, P1, coordinates as sampled)."""
     from pymatgen.io.cif import CifWriter
 
     from diffcsp.fileio import write_text
@@ -144,6 +269,101 @@ def write_structures(structures: Sequence[Structure], out_dir: str | Path, stem:
         write_text(path, str(CifWriter(structure)))
         paths.append(path)
     return paths
+
+
+def write_symmetrized_cif(structure: Structure, path: str | Path, symprec: float = SYMPREC, source: str = "") -> bool:
+    """Write the spglib-refined conventional cell in its space group; False if spglib fails.
+
+    The sampled cell is P1 with raw coordinates; this file is the same crystal with atoms snapped
+    onto the symmetry found at tolerance ``symprec`` (Å), which is what a reader expects to see.
+    """
+    from pymatgen.io.cif import CifWriter
+
+    from diffcsp.fileio import write_text
+
+    try:
+        text = str(CifWriter(structure, symprec=symprec))
+    except Exception:
+        return False
+    header = (f"# Symmetrised by diffcsp with spglib, symprec = {symprec} A (refined conventional cell)"
+              f"{'; raw sampled cell: ' + source if source else ''}\n")
+    write_text(path, header + text)
+    return True
+
+
+def plot_structure(structure: Structure, path: str | Path, title: str = "") -> Path:
+    """PNG of the unit cell (dashed) and its atoms coloured by element (Jmol colours), with a key.
+
+    Atoms on a cell face, edge or corner are drawn at every periodic image inside the cell, so a
+    cubic perovskite looks like the textbook picture rather than one corner atom.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from ase import Atoms
+    from ase.data import covalent_radii
+    from ase.data.colors import jmol_colors
+    from ase.visualize.plot import plot_atoms
+    from matplotlib.patches import Patch
+
+    from diffcsp.fileio import atomic_write
+
+    tol = 1e-3
+    numbers, frac = [], []
+    for site in structure:
+        f = np.mod(site.frac_coords, 1.0)
+        f[f > 1 - tol] = 0.0
+        for shift in np.ndindex(2, 2, 2):
+            shift = np.array(shift)
+            if np.all((shift == 0) | (f < tol)):
+                numbers.append(site.specie.Z)
+                frac.append(f + shift)
+    atoms = Atoms(numbers=numbers, scaled_positions=np.array(frac), cell=structure.lattice.matrix, pbc=True)
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    plot_atoms(atoms, ax, rotation="-75x,-15y,0z", show_unit_cell=2, radii=0.45 * covalent_radii[atoms.numbers])
+    ax.set_axis_off()
+    elements = sorted({site.specie.Z for site in structure})
+    ax.legend(handles=[Patch(facecolor=jmol_colors[z], edgecolor="black", label=Element.from_Z(z).symbol) for z in elements],
+              loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize=9)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    with atomic_write(path) as handle:
+        fig.savefig(handle, format="png", dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def write_predictions(structures: Sequence[Structure], formula_units: Sequence[int], out_dir: str | Path, stem: str,
+                      symprec: float = SYMPREC, pictures: bool = True) -> list[dict[str, Any]]:
+    """Write what ``diffcsp predict`` leaves behind and return the summary rows.
+
+    Per structure ``<stem>_<i>.cif`` (raw P1 cell), ``<stem>_<i>_sym.cif`` (symmetrised at
+    ``symprec``, when spglib succeeds) and ``<stem>_<i>.png``; then ``summary.csv`` with one row
+    each (file, Z, formula, lattice, volume, density, space group, validity).
+    """
+    import csv
+    import io
+
+    from diffcsp.fileio import write_text
+
+    out_dir = Path(out_dir)
+    paths = write_structures(structures, out_dir, stem)
+    rows = []
+    for path, structure, z in zip(paths, structures, formula_units, strict=True):
+        row = dict(file=path.name, Z=int(z), **describe(structure, symprec))
+        sym_path = path.with_name(path.stem + "_sym.cif")
+        row["sym_file"] = sym_path.name if write_symmetrized_cif(structure, sym_path, symprec, source=path.name) else ""
+        if pictures:
+            plot_structure(structure, path.with_suffix(".png"), f"{path.stem}: {row['formula']} (Z={z}), {row['spacegroup']}")
+        rows.append(row)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(out_dir / "summary.csv", buffer.getvalue())
+    return rows
 
 
 def _timed_sample(model: DiffCSP, num_atoms, atom_types, step_lr: float, **kw: Any) -> tuple[SampleResult, dict[str, Any]]:
@@ -166,7 +386,7 @@ def predict_split(model: DiffCSP, table, num_samples: int = 1, steps: int | None
     if too_big:
         raise CompositionError(f"{too_big} crystals exceed the model's {model.config.max_atoms} atoms")
     dataset, split = table.source.get("dataset", model.config.dataset), table.source.get("split", "")
-    gamma = step_lr if step_lr is not None else get_dataset(dataset).step_lr("csp", num_samples)
+    gamma = step_lr if step_lr is not None else default_step_lr(model, num_samples, dataset=dataset)
     idx = np.tile(np.arange(len(table)), num_samples)  # sample-major: every crystal once, then again …
     atom_idx = table.atom_index(idx)
     result, meta = _timed_sample(model, table.num_atoms[idx], torch.as_tensor(table.numbers[atom_idx]), gamma,
