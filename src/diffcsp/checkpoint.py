@@ -42,8 +42,9 @@ DEFAULT_MODEL = "perov_5_cpu"
 HASH_KEY = "weights_sha256"
 #: key of the weights hash in a Lightning checkpoint dict (written by the training module)
 CKPT_HASH_KEY = "diffcsp_weights_sha256"
-#: the Lightning module holds the DiffCSP model as ``self.model``
+#: the Lightning module holds the DiffCSP model as ``self.model`` (and its EMA as ``self.ema_model``)
 LIGHTNING_PREFIX = "model."
+LIGHTNING_EMA_PREFIX = "ema_model."
 
 
 class UnverifiedWeightsWarning(UserWarning):
@@ -68,10 +69,16 @@ def weights_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+def lightning_model_state(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The DiffCSP weights inside a Lightning state dict: the EMA copy when the run kept one
+    (those are the weights that were validated and selected), else the trained weights."""
+    prefix = LIGHTNING_EMA_PREFIX if any(k.startswith(LIGHTNING_EMA_PREFIX) for k in state_dict) else LIGHTNING_PREFIX
+    return {k.removeprefix(prefix): v for k, v in state_dict.items() if k.startswith(prefix)}
+
+
 def stamp_checkpoint(checkpoint: dict[str, Any]) -> None:
     """Record the weights hash in a Lightning checkpoint dict (call from ``on_save_checkpoint``)."""
-    state = {k.removeprefix(LIGHTNING_PREFIX): v for k, v in checkpoint["state_dict"].items()}
-    checkpoint[CKPT_HASH_KEY] = weights_sha256(state)
+    checkpoint[CKPT_HASH_KEY] = weights_sha256(lightning_model_state(checkpoint["state_dict"]))
 
 
 def export_model(model: DiffCSP, out_dir: str | Path, meta: dict[str, Any] | None = None) -> Path:
@@ -276,7 +283,7 @@ def _load_lightning(path: Path) -> DiffCSP:
         raise CheckpointError(f"{path}: not a diffcsp training checkpoint (holds a {type(ckpt).__name__})")
     try:
         config = ckpt["hyper_parameters"]["model_config"]
-        state = {k.removeprefix(LIGHTNING_PREFIX): v for k, v in ckpt["state_dict"].items()}
+        state = lightning_model_state(ckpt["state_dict"])
     except (KeyError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"{path}: not a diffcsp training checkpoint (missing {exc})") from None
     if not isinstance(config, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -34,7 +34,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader, Sampler
 
 from diffcsp.batching import TableDataset
-from diffcsp.checkpoint import export_model
+from diffcsp.checkpoint import export_model, stamp_checkpoint
 from diffcsp.data import CrystalTable, load_split
 from diffcsp.errors import TrainingError
 from diffcsp.fileio import atomic_write, write_json
@@ -72,6 +72,9 @@ class TrainConfig:
     lr_factor: float = 0.6
     lr_patience: int = 30
     min_lr: float = 1e-4
+    #: "plateau" (the paper's ReduceLROnPlateau on validation loss) or "cosine" (linear warm-up
+    #: over 2 % of the optimiser steps, then cosine decay to ``min_lr`` at the last epoch).
+    lr_schedule: str = "plateau"
     grad_clip: float = 0.5
     #: decay of the exponential moving average of the weights used for validation, model
     #: selection, export and sampling (0 turns it off: the paper's setting).
@@ -160,7 +163,7 @@ class DiffCSPModule(L.LightningModule):
     validation, and the RNG state in every checkpoint (so a resumed run continues exactly)."""
 
     def __init__(self, model_config: dict[str, Any], lr: float = 1e-3, lr_factor: float = 0.6, lr_patience: int = 30,
-                 min_lr: float = 1e-4, ema_decay: float = 0.0):
+                 min_lr: float = 1e-4, ema_decay: float = 0.0, lr_schedule: str = "plateau"):
         super().__init__()
         self.save_hyperparameters()
         self.model = DiffCSP(ModelConfig.from_dict(model_config))
@@ -184,7 +187,11 @@ class DiffCSPModule(L.LightningModule):
         torch._foreach_lerp_(ema, [p.detach() for p in self.model.parameters()], 1 - decay)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["rng_states"] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+        stamp_checkpoint(checkpoint)
+        # Plain tensors/lists only: Lightning reads checkpoints with torch.load(weights_only=True).
+        name, keys, pos, has_gauss, gauss = np.random.get_state()
+        checkpoint["rng_states"] = {"torch": torch.get_rng_state(),
+                                    "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
                                     "python": random.getstate()}
         if torch.cuda.is_available() and self.device.type == "cuda":
             checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state(self.device)
@@ -197,7 +204,8 @@ class DiffCSPModule(L.LightningModule):
         states = getattr(self, "_restore_rng", None)
         if states:
             torch.set_rng_state(states["torch"])
-            np.random.set_state(states["numpy"])
+            name, keys, pos, has_gauss, gauss = states["numpy"]
+            np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
             random.setstate(states["python"])
             if "cuda" in states and self.device.type == "cuda":
                 torch.cuda.set_rng_state(states["cuda"], self.device)
@@ -241,6 +249,19 @@ class DiffCSPModule(L.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         opt = torch.optim.Adam(self.model.parameters(), lr=hp.lr)
+        if hp.get("lr_schedule", "plateau") == "cosine":
+            total = max(1, int(self.trainer.estimated_stepping_batches))
+            warmup = max(1, total // 50)
+            floor = hp.min_lr / hp.lr
+
+            def factor(step: int) -> float:
+                if step < warmup:
+                    return (step + 1) / warmup
+                progress = min(1.0, (step - warmup) / max(1, total - warmup))
+                return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, factor),
+                                                       "interval": "step"}}
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=hp.lr_factor, patience=hp.lr_patience,
                                                            min_lr=hp.min_lr)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val_loss", "interval": "epoch"}}
@@ -256,7 +277,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             handle.write(buffer.getvalue())
 
 
-METRIC_COLUMNS = ["epoch", "train_loss", "val_loss", "val_lattice", "val_coord", "val_type", "lr", "epoch_seconds", "elapsed_seconds"]
+#: epoch_seconds is wall time; cpu_seconds is this process's CPU time (all threads), which stays
+#: comparable between runs when the machine is shared.
+METRIC_COLUMNS = ["epoch", "train_loss", "val_loss", "val_lattice", "val_coord", "val_type", "lr", "epoch_seconds",
+                  "elapsed_seconds", "cpu_seconds"]
 
 
 class MetricsLog(Callback):
@@ -266,6 +290,7 @@ class MetricsLog(Callback):
         self.run_dir, self.plot_every = run_dir, plot_every
         self.rows: list[dict[str, Any]] = []
         self._epoch_start = time.perf_counter()
+        self._cpu_start = time.process_time()
 
     def on_train_start(self, trainer, pl_module) -> None:
         # Runs after Lightning restored the loop state, so current_epoch is the resume point.
@@ -276,6 +301,7 @@ class MetricsLog(Callback):
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._epoch_start = time.perf_counter()
+        self._cpu_start = time.process_time()
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking:
@@ -287,7 +313,7 @@ class MetricsLog(Callback):
                "val_loss": _f(m.get("val_loss")), "val_lattice": _f(m.get("val_lattice")),
                "val_coord": _f(m.get("val_coord")), "val_type": _f(m.get("val_type")),
                "lr": trainer.optimizers[0].param_groups[0]["lr"], "epoch_seconds": round(seconds, 3),
-               "elapsed_seconds": round(elapsed, 3)}
+               "elapsed_seconds": round(elapsed, 3), "cpu_seconds": round(time.process_time() - self._cpu_start, 3)}
         self.rows = [r for r in self.rows if int(r["epoch"]) != row["epoch"]] + [row]
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS)
@@ -338,6 +364,8 @@ def plot_training_curve(metrics_csv: Path, out_png: Path) -> Path:
 # -- entry points ----------------------------------------------------------------------------
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
     """Train (or resume) a run; returns the run directory. Exports the best model at the end."""
+    if cfg.lr_schedule not in ("plateau", "cosine"):
+        raise TrainingError(f"unknown learning-rate schedule {cfg.lr_schedule!r}; use 'plateau' or 'cosine'")
     run_dir = Path(cfg.out)
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
@@ -361,7 +389,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
           f"validation {protocol['val_size']} ({protocol['val']})")
 
     module = DiffCSPModule(cfg.model, lr=cfg.lr, lr_factor=cfg.lr_factor, lr_patience=cfg.lr_patience, min_lr=cfg.min_lr,
-                           ema_decay=cfg.ema_decay)
+                           ema_decay=cfg.ema_decay, lr_schedule=cfg.lr_schedule)
     callbacks = [
         MetricsLog(run_dir),
         ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_loss", mode="min", save_top_k=1,
