@@ -7,6 +7,7 @@ without calling the functions under test, so a shared mistake cannot hide.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 
 import numpy as np
@@ -418,3 +419,126 @@ def test_clipped_x0_stops_runaway_first_step():
     clipped = ddpm.reverse_step(x, eps_hat, 1000, 999, None, clip_x0=20.0)
     assert free.abs().max() > 4.0
     assert clipped.abs().max() < 0.5
+
+
+# ----------------------------------------------------------------------------------------------
+# independent checks: λ_t by quadrature, and the training loss by hand
+# ----------------------------------------------------------------------------------------------
+def ref_g_and_density(x: float, sigma: float) -> tuple[float, float]:
+    """(g(x, σ), N_w(x; 0, σ²)) written from the formulas: sums over images k = −10..10, with the
+    largest exponent factored out so that neither underflows (numpy float64)."""
+    y = x + np.arange(-10, 11, dtype=np.float64)
+    e = -(y**2) / (2 * sigma**2)
+    w = np.exp(e - e.max())
+    g = float((w * y).sum() / w.sum() / sigma**2)
+    density = float(w.sum() * np.exp(e.max()) / (sigma * np.sqrt(2 * np.pi)))
+    return g, density
+
+
+@functools.lru_cache(maxsize=None)
+def ref_lambda_quad(sigma: float) -> tuple[float, float]:
+    """(E[g²], E[g⁴]) under N_w(0, σ²) by adaptive quadrature over x ∈ [−½, ½), split where the
+    density has its mass so quad sees the peak."""
+    from scipy.integrate import quad
+
+    c = min(0.5, 12 * sigma)
+    edges = sorted({-0.5, -c, 0.0, c, 0.5})
+    moments = []
+    for power in (2, 4):
+        def f(x: float, p: int = power) -> float:
+            g, dens = ref_g_and_density(x, sigma)
+            return g**p * dens
+
+        moments.append(sum(quad(f, a, b, limit=200, epsabs=0, epsrel=1e-10)[0] for a, b in zip(edges, edges[1:])))
+    return moments[0], moments[1]
+
+
+def test_lambda_quadrature_reference_small_sigma_limit():
+    """The reference itself: for σ ≪ 1 the wrapped normal is a Gaussian, E[g²] = 1/σ², E[g⁴] = 3/σ⁴."""
+    m2, m4 = ref_lambda_quad(0.005)
+    assert m2 * 0.005**2 == pytest.approx(1.0, rel=1e-7)
+    assert m4 * 0.005**4 == pytest.approx(3.0, rel=1e-7)
+
+
+def test_lambdas_match_quadrature():
+    """WrappedNormalVE.lambdas (Monte Carlo, 10⁴ samples per σ) against quadrature, within 4
+    standard errors of the MC mean (√(Var g²/10⁴), from the quadrature's E[g⁴])."""
+    ve_mc = WrappedNormalVE(10)  # σ_t for t = 1..10: geometric from 0.005 to 0.5
+    sigmas = np.exp(np.linspace(np.log(0.005), np.log(0.5), 10))
+    for t, sigma in enumerate(sigmas, start=1):
+        m2, m4 = ref_lambda_quad(float(sigma))
+        se = np.sqrt((m4 - m2**2) / 10_000)
+        assert abs(float(ve_mc.lambdas[t]) - m2) < 4 * se, (t, sigma, float(ve_mc.lambdas[t]), m2, se)
+    assert float(ve_mc.lambdas[0]) == 1.0
+
+
+@pytest.mark.parametrize("task", ["csp", "gen"])
+def test_loss_by_hand_from_closed_forms(task, monkeypatch):
+    """DiffCSP.loss against a hand computation that shares neither the model's schedules nor its
+    draw order: t and every noise are fixed tensors handed to the model when it asks for them
+    (recognised by shape), ᾱ_t and σ_t come from their closed forms, λ_t from quadrature (written
+    into the model, as a checkpoint would), g from the formula above; only the network is shared."""
+    from diffcsp.batching import batch_from_arrays
+    from diffcsp.model import DiffCSP, ModelConfig
+
+    T_small = 10
+    torch.manual_seed(0)
+    model = DiffCSP(ModelConfig(task=task, hidden=16, num_layers=1, num_freqs=4, time_dim=16, timesteps=T_small),
+                    compute_schedules=False)
+    sigmas = np.concatenate([[0.0], np.exp(np.linspace(np.log(0.005), np.log(0.5), T_small))])
+    lambdas = np.array([1.0] + [ref_lambda_quad(float(s))[0] for s in sigmas[1:]])
+    model.coord_process.lambdas.copy_(torch.tensor(lambdas))
+    _, alpha_bars = ref_cosine(T_small)
+
+    rng = np.random.default_rng(42)
+    num_atoms = np.array([2, 5, 1, 3])
+    N, B = int(num_atoms.sum()), len(num_atoms)
+    numbers = rng.integers(1, 101, N)
+    frac0 = rng.random((N, 3))
+    lat0 = 4 * np.eye(3) + 0.5 * rng.standard_normal((B, 3, 3))
+    batch = batch_from_arrays(numbers, frac0, lat0, num_atoms)
+    t = np.array([1, 4, 10, 7])
+    eps_l, eps_f, eps_a = rng.standard_normal((B, 3, 3)), rng.standard_normal((N, 3)), rng.standard_normal((N, 100))
+
+    asked = []
+
+    def fixed_randint(low, high, size, **kw):
+        assert (low, high, tuple(size)) == (1, T_small + 1, (B,))
+        asked.append("t")
+        return torch.as_tensor(t, device=kw.get("device"))
+
+    def fixed_randn_like(x, **kw):
+        name, value = {(B, 3, 3): ("eps_l", eps_l), (N, 3): ("eps_f", eps_f), (N, 100): ("eps_a", eps_a)}[tuple(x.shape)]
+        asked.append(name)
+        return torch.as_tensor(value, dtype=x.dtype)
+
+    monkeypatch.setattr(torch, "randint", fixed_randint)
+    monkeypatch.setattr(torch, "randn_like", fixed_randn_like)
+    losses = model.loss(batch)
+    monkeypatch.undo()
+    assert sorted(asked) == sorted(["t", "eps_l", "eps_f"] + (["eps_a"] if task == "gen" else []))
+
+    # by hand, float64
+    atom_t = np.repeat(t, num_atoms)
+    ab = alpha_bars[t][:, None, None]
+    lat_t = np.sqrt(ab) * lat0 + np.sqrt(1 - ab) * eps_l
+    sig = sigmas[atom_t][:, None]
+    frac_t = (frac0 + sig * eps_f) % 1.0
+    g = np.vectorize(lambda x, s: ref_g_and_density(x, s)[0])(sig * eps_f, np.broadcast_to(sig, eps_f.shape))
+    target_f = g / np.sqrt(lambdas[atom_t])[:, None]
+    if task == "gen":
+        onehot = np.eye(100)[numbers - 1]
+        ab_a = alpha_bars[atom_t][:, None]
+        types_in = torch.tensor(np.sqrt(ab_a) * onehot + np.sqrt(1 - ab_a) * eps_a, dtype=torch.float32)
+    else:
+        types_in = torch.as_tensor(numbers)
+    f32 = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
+    with torch.no_grad():
+        pl, pf, pa = (None if p is None else p.double().numpy()
+                      for p in model.net(types_in, f32(frac_t), f32(lat_t), torch.as_tensor(num_atoms), torch.as_tensor(t)))
+    expected = {"loss_lattice": ((pl - eps_l) ** 2).mean(), "loss_coord": ((pf - target_f) ** 2).mean()}
+    if task == "gen":
+        expected["loss_type"] = ((pa - eps_a) ** 2).mean()
+    expected["loss"] = expected["loss_lattice"] + expected["loss_coord"] + (20 * expected["loss_type"] if task == "gen" else 0)
+    for key, value in expected.items():
+        assert float(losses[key].detach()) == pytest.approx(value, rel=2e-4), key
