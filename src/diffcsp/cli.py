@@ -18,6 +18,22 @@ data_app = typer.Typer(help="Benchmark datasets: download and inspect.", no_args
 app.add_typer(data_app, name="data")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from diffcsp import __version__
+
+        typer.echo(f"diffcsp {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the diffcsp version and exit.")] = False,
+) -> None:
+    """DiffCSP: crystal structure prediction and generation by joint equivariant diffusion."""
+
+
 def _fail(message: str) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(1)
