@@ -280,3 +280,11 @@ def test_cli_from_cif_errors(tmp_path, args, message):
     assert res.exit_code == 1
     assert message in res.output and "Traceback" not in res.output
     assert not out.exists()
+
+
+def test_failed_sample_gets_a_row_and_no_files(tmp_path):
+    rows = write_predictions([None, cubic_srtio3()], [2, 1], tmp_path, "SrTiO3", pictures=False)
+    assert rows[0]["file"] == "" and rows[0]["Z"] == 2 and rows[0]["valid"] is False and "failed" in rows[0]["spacegroup"]
+    assert rows[1]["spacegroup"] == "Pm-3m (221)"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["SrTiO3_01.cif", "SrTiO3_01_sym.cif", "summary.csv"]
+    assert [r["file"] for r in read_summary(tmp_path)] == ["", "SrTiO3_01.cif"]

@@ -180,7 +180,7 @@ def plan_prediction(model: DiffCSP, composition: CompositionLike, n: int, formul
 
 
 def sample_plan(model: DiffCSP, plan: PredictionPlan, steps: int | None = None, step_lr: float | None = None,
-                seed: int | None = 0, progress: bool = False, device: str | torch.device | None = None) -> list[Structure]:
+                seed: int | None = 0, progress: bool = False, device: str | torch.device | None = None) -> list[Structure | None]:
     """Sample every cell of a plan in one sampler call (cells of different sizes batch together)."""
     n = len(plan.formula_units)
     if step_lr is None:
@@ -193,14 +193,15 @@ def sample_plan(model: DiffCSP, plan: PredictionPlan, steps: int | None = None, 
 
 def predict(composition: CompositionLike, n: int = 1, model: DiffCSP | str | Path | None = None,
             formula_units: int | None = None, steps: int | None = None, step_lr: float | None = None,
-            seed: int | None = 0, progress: bool = False, device: str | torch.device | None = None) -> list[Structure]:
+            seed: int | None = 0, progress: bool = False, device: str | torch.device | None = None) -> list[Structure | None]:
     """Predict ``n`` crystal structures for a composition with a CSP model (default: bundled).
 
     ``composition``: a formula ("LiFePO4"), a pymatgen ``Composition``, a species list, or a
     ``Structure`` (its reduced formula and its Z). ``formula_units``: Z for every sample; ``None``
     draws Z per sample from the cell sizes seen in training (see :func:`plan_prediction`).
     ``step_lr`` defaults to the paper's corrector step size for the model's training dataset.
-    Unusual inputs (unseen elements or cell sizes) give ``UserWarning``s.
+    Unusual inputs (unseen elements or cell sizes) give ``UserWarning``s. A sample whose sampler
+    output is not finite (a diverging or damaged model) comes back as ``None``, with a warning.
     """
     if not isinstance(model, DiffCSP):
         model = load_model(model, device=device or "cpu")
@@ -254,8 +255,11 @@ def describe(structure: Structure, symprec: float = SYMPREC) -> dict[str, Any]:
     }
 
 
-def write_structures(structures: Sequence[Structure], out_dir: str | Path, stem: str) -> list[Path]:
-    """Write each structure as ``<stem>_<i>.cif`` (atomically, P1, coordinates as sampled)."""
+def write_structures(structures: Sequence[Structure | None], out_dir: str | Path, stem: str) -> list[Path | None]:
+    """Write each structure as ``<stem>_<i>.cif`` (atomically, P1, coordinates as sampled).
+
+    A ``None`` (a sample the sampler reported as failed) keeps its number but gets no file.
+    """
     from pymatgen.io.cif import CifWriter
 
     from diffcsp.fileio import write_text
@@ -263,9 +267,12 @@ def write_structures(structures: Sequence[Structure], out_dir: str | Path, stem:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     width = max(2, len(str(len(structures) - 1)))
-    paths = []
+    paths: list[Path | None] = []
     for i, structure in enumerate(structures):
         path = out_dir / f"{stem}_{i:0{width}d}.cif"
+        if structure is None:
+            paths.append(None)
+            continue
         write_text(path, str(CifWriter(structure)))
         paths.append(path)
     return paths
@@ -335,13 +342,14 @@ def plot_structure(structure: Structure, path: str | Path, title: str = "") -> P
     return Path(path)
 
 
-def write_predictions(structures: Sequence[Structure], formula_units: Sequence[int], out_dir: str | Path, stem: str,
-                      symprec: float = SYMPREC, pictures: bool = True) -> list[dict[str, Any]]:
+def write_predictions(structures: Sequence[Structure | None], formula_units: Sequence[int], out_dir: str | Path,
+                      stem: str, symprec: float = SYMPREC, pictures: bool = True) -> list[dict[str, Any]]:
     """Write what ``diffcsp predict`` leaves behind and return the summary rows.
 
     Per structure ``<stem>_<i>.cif`` (raw P1 cell), ``<stem>_<i>_sym.cif`` (symmetrised at
     ``symprec``, when spglib succeeds) and ``<stem>_<i>.png``; then ``summary.csv`` with one row
-    each (file, Z, formula, lattice, volume, density, space group, validity).
+    each (file, Z, formula, lattice, volume, density, space group, validity). A failed sample
+    (``None``: the sampler returned non-finite numbers) gets a row saying so and no files.
     """
     import csv
     import io
@@ -350,8 +358,13 @@ def write_predictions(structures: Sequence[Structure], formula_units: Sequence[i
 
     out_dir = Path(out_dir)
     paths = write_structures(structures, out_dir, stem)
+    columns = ["formula", "a", "b", "c", "alpha", "beta", "gamma", "volume", "density", "spacegroup", "valid"]
     rows = []
     for path, structure, z in zip(paths, structures, formula_units, strict=True):
+        if structure is None or path is None:
+            rows.append(dict(file="", Z=int(z), **{k: "" for k in columns}, sym_file=""))
+            rows[-1].update(spacegroup="failed (not finite)", valid=False)
+            continue
         row = dict(file=path.name, Z=int(z), **describe(structure, symprec))
         sym_path = path.with_name(path.stem + "_sym.cif")
         row["sym_file"] = sym_path.name if write_symmetrized_cif(structure, sym_path, symprec, source=path.name) else ""
@@ -372,14 +385,17 @@ def _timed_sample(model: DiffCSP, num_atoms, atom_types, step_lr: float, **kw: A
     result = sample(model, num_atoms, atom_types, step_lr=step_lr, **kw)
     seconds = time.perf_counter() - start
     meta = {"steps": kw.get("steps") or model.config.timesteps, "step_lr": step_lr, "seed": kw.get("seed"),
+            **{k: kw[k] for k in ("method", "schedule", "rho") if k in kw},
             "sampling_seconds": round(seconds, 1), "seconds_per_crystal_sample": round(seconds / max(len(num_atoms), 1), 4),
             "model": model.config.to_dict()}
     return result, meta
 
 
 def predict_split(model: DiffCSP, table, num_samples: int = 1, steps: int | None = None, step_lr: float | None = None,
-                  seed: int | None = 0, batch_size: int = 1024, progress: bool = True) -> Predictions:
-    """CSP for every crystal of a table (given its atoms), ``num_samples`` each, as a predictions file."""
+                  seed: int | None = 0, batch_size: int = 1024, progress: bool = True, **sampler_options: Any) -> Predictions:
+    """CSP for every crystal of a table (given its atoms), ``num_samples`` each, as a predictions file.
+
+    ``sampler_options`` (``method``, ``schedule``, ``rho``, ``clip_lattice``) go to :func:`diffcsp.sampler.sample`."""
     if model.is_gen:
         raise CompositionError("this is a generation model; use `diffcsp generate`")
     too_big = int((table.num_atoms > model.config.max_atoms).sum())
@@ -390,7 +406,7 @@ def predict_split(model: DiffCSP, table, num_samples: int = 1, steps: int | None
     idx = np.tile(np.arange(len(table)), num_samples)  # sample-major: every crystal once, then again …
     atom_idx = table.atom_index(idx)
     result, meta = _timed_sample(model, table.num_atoms[idx], torch.as_tensor(table.numbers[atom_idx]), gamma,
-                                 steps=steps, seed=seed, batch_size=batch_size, progress=progress)
+                                 steps=steps, seed=seed, batch_size=batch_size, progress=progress, **sampler_options)
     crystals = []
     for i in range(len(table)):
         rec = table.record(i)
