@@ -1,4 +1,4 @@
-"""Benchmark CSV → crystal records (SPEC §1), parsed in parallel and cached on disk.
+"""Benchmark CSV → crystal records (docs/method.md §Representation), parsed in parallel, cached.
 
 A split is held as a :class:`CrystalTable`: flat numpy arrays (atoms of all crystals
 concatenated, with per-crystal atom counts), which is what both the cache file and the batcher
@@ -41,7 +41,7 @@ SKIP_REASONS = ("unparsable_cif", "unknown_element", "disordered", "too_many_ato
 
 @dataclass
 class CrystalRecord:
-    """One crystal as the model sees it (SPEC §1)."""
+    """One crystal as the model sees it (docs/method.md §Representation)."""
 
     id: str
     formula: str
@@ -63,7 +63,7 @@ class CrystalRecord:
 
 
 def structure_to_record(structure, id: str = "", prop: float = float("nan"), max_atoms: int | None = None) -> CrystalRecord:
-    """Apply SPEC §1 preprocessing to a pymatgen Structure; raise ``RowError`` on bad input.
+    """Preprocess a pymatgen Structure (docs/method.md §Representation); ``RowError`` on bad input.
 
     Niggli-reduce (no primitive conversion), then keep lengths/angles and fractional
     coordinates wrapped into [0, 1).

@@ -429,7 +429,7 @@ def generate(model: DiffCSP, n: int, steps: int | None = None, step_lr: float | 
 
 
 def sample_num_atoms(hist: Sequence[int], n: int, seed: int | None = 0) -> np.ndarray:
-    """Atom counts drawn from the training histogram (ab initio generation, SPEC §6)."""
+    """Atom counts drawn from the training histogram (ab initio generation; docs/method.md §Sampling)."""
     hist = np.asarray(hist, dtype=float)
     if hist.sum() <= 0:
         raise ValueError("model has no atom-count distribution (was it trained with diffcsp ≥ 0.1?)")
