@@ -325,6 +325,49 @@ def generate_cmd(
                    f"{'' if no_cif else ' and CIFs in ' + str(out / 'cif')}")
 
 
+Fmax = Annotated[float, typer.Option("--fmax", help="Relaxation converges when every force (and cell force) is below this, eV/Å.")]
+RelaxSteps = Annotated[int, typer.Option("--relax-steps", help="Most optimiser steps per relaxation; one that needs more is kept as 'unconverged'.")]
+
+
+@app.command("relax")
+def relax_cmd(
+    predictions: Annotated[Path, typer.Argument(help="CSP predictions file written by `diffcsp sample`.")],
+    out: Annotated[Optional[Path], typer.Option("--out", help="Relaxed predictions file (default: NAME.relaxed.json.gz next to the input).", show_default=False)] = None,
+    fmax: Fmax = 0.05,
+    relax_steps: RelaxSteps = 500,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Worker processes, one torch thread each (default: all cores).")] = None,
+) -> None:
+    """Relax every sample with CHGNet and pick each crystal's lowest-energy sample.
+
+    Writes OUT (every sample relaxed, with energy_per_atom, status and the unrelaxed sample under
+    'initial'), OUT_STEM.top1.json.gz (per crystal the lowest relaxed energy, k = 1) and
+    OUT_STEM.top1_unrelaxed.json.gz (lowest single-point energy before relaxation, k = 1).
+    `diffcsp evaluate` on each gives match rates: OUT after relaxation (first sample and any of k),
+    the top1 files the top-1-by-energy match rate after and before relaxation.
+    """
+    from diffcsp.predictions import Predictions
+    from diffcsp.relax import output_paths, relax_predictions, top1_by_energy
+
+    with _Guard():
+        preds = Predictions.load(predictions)
+        if out is None:
+            stem = predictions.name.removesuffix(".gz").removesuffix(".json")
+            out = predictions.with_name(f"{stem}.relaxed.json.gz")
+        try:
+            relaxed = relax_predictions(preds, fmax=fmax, steps=relax_steps, workers=workers)
+        except ImportError as exc:
+            raise ValueError(str(exc)) from None
+        relaxed.meta["relaxed_from"] = str(predictions)
+        relaxed.save(out)
+        top1, top1_unrelaxed = output_paths(out)
+        top1_by_energy(relaxed).save(top1)
+        top1_by_energy(relaxed, initial=True).save(top1_unrelaxed)
+        info = relaxed.meta["relax"]
+        statuses = ", ".join(f"{k} {v}" for k, v in info["statuses"].items() if v)
+        typer.echo(f"relaxed {sum(len(c['samples']) for c in relaxed.crystals)} samples in {info['seconds']:.0f} s ({statuses}) → {out}")
+        typer.echo(f"top-1 by energy: {top1} (relaxed), {top1_unrelaxed} (unrelaxed); score with `diffcsp evaluate FILE`")
+
+
 @app.command("evaluate")
 def evaluate_cmd(
     predictions: Annotated[Path, typer.Argument(help="File written by `diffcsp sample` or `diffcsp generate`.")],

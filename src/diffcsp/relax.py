@@ -29,6 +29,7 @@ import warnings
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -405,3 +406,15 @@ def top1_by_energy(preds: Predictions, initial: bool = False) -> Predictions:
     meta = {**preds.meta, "selection": f"lowest {'single-point (unrelaxed)' if initial else 'relaxed'} CHGNet energy "
                                        f"of {preds.num_samples} samples"}
     return Predictions(preds.task, preds.dataset, preds.split, 1, meta=meta, crystals=crystals)
+
+
+def output_paths(out: str | Path) -> tuple[Path, Path]:
+    """Where `diffcsp relax OUT` puts its two k = 1 files: ``STEM.top1.json.gz`` (lowest relaxed
+    energy) and ``STEM.top1_unrelaxed.json.gz`` (lowest single-point energy, unrelaxed)."""
+    out = Path(out)
+    name = out.name
+    for suffix in (".json.gz", ".json"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return out.with_name(f"{name}.top1.json.gz"), out.with_name(f"{name}.top1_unrelaxed.json.gz")
