@@ -26,7 +26,7 @@ except ImportError:  # `make test` installs the relax extra; CI must not silentl
 from diffcsp.cli import app
 from diffcsp.metrics import evaluate_predictions
 from diffcsp.predictions import Predictions, structure_to_dict
-from diffcsp.relax import (CONVERGED, FAILED, INVALID, UNCONVERGED, load_potential, output_paths, rank_results,
+from diffcsp.relax import (CONVERGED, DIVERGED, FAILED, INVALID, UNCONVERGED, load_potential, output_paths, rank_results,
                            relax_and_rank, relax_structures, top1_by_energy)
 
 NACL_EXP_A = 5.640
@@ -86,9 +86,14 @@ def test_bad_structures_get_a_status_and_never_stop_the_batch():
     overlapping = Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0.01, 0, 0]])
     isolated = Structure(Lattice.cubic(12.0), ["Na"], [[0, 0, 0]])  # no neighbour within CHGNet's 5 Å cut-off
     good = nacl_primitive(5.7)
-    results = relax_structures([overlapping, good, isolated, distort(srtio3(3.9))], fmax=0.05, steps=2, workers=1,
+    results = relax_structures([overlapping, good, isolated, distort(srtio3(3.9)), None], fmax=0.05, steps=2, workers=1,
                                progress=False)
-    assert [r.index for r in results] == [0, 1, 2, 3]
+    assert [r.index for r in results] == [0, 1, 2, 3, 4]
+    assert results[4].status == FAILED and "sampler" in results[4].message  # a sample the sampler could not produce
+    # A carbon sheet 60 Å from its image: 540 Å³/atom, outside any real crystal: stopped as diverged.
+    [blown_up] = relax_structures([Structure(Lattice.orthorhombic(3, 3, 60), ["C"], [[0, 0, 0]])], steps=2, workers=1,
+                                  progress=False)
+    assert blown_up.status == DIVERGED and "blew up" in blown_up.message and blown_up.energy_per_atom is None
     assert results[0].status == INVALID and results[0].energy_per_atom is None and "overlapping" in results[0].message
     assert results[1].status == CONVERGED  # already at CHGNet's minimum by symmetry
     assert results[2].status == FAILED and results[2].energy_per_atom is None and results[2].message

@@ -126,10 +126,11 @@ def _finite(x: Any) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def relax_one(crystal: dict[str, Any], fmax: float = 0.05, steps: int = 500, index: int = 0) -> dict[str, Any]:
+def relax_one(crystal: dict[str, Any] | None, fmax: float = 0.05, steps: int = 500, index: int = 0) -> dict[str, Any]:
     """Relax one structure (predictions-file dict) and return a picklable result dict.
 
-    Never raises for a bad structure: the ``status`` says what happened.
+    Never raises for a bad structure: the ``status`` says what happened. ``None`` (a sample the
+    sampler could not produce) is reported as failed.
     """
     from diffcsp.metrics import is_structurally_valid
 
@@ -138,6 +139,9 @@ def relax_one(crystal: dict[str, Any], fmax: float = 0.05, steps: int = 500, ind
                            "initial_energy_per_atom": None, "steps": 0, "max_force": None, "max_stress": None,
                            "message": ""}
     try:
+        if crystal is None:
+            out["message"] = "no structure (the sampler returned non-finite numbers)"
+            return out
         structure = dict_to_structure(crystal)
         # The project's validity rule (atoms ≥ 0.5 Å apart, positive volume): overlapping atoms give
         # CHGNet degenerate graphs and meaningless energies, so they are not relaxed at all.
@@ -211,7 +215,7 @@ def _worker_init() -> None:
     load_potential()
 
 
-def relax_structures(structures: Sequence[Structure | dict[str, Any]], fmax: float = 0.05, steps: int = 500,
+def relax_structures(structures: Sequence[Structure | dict[str, Any] | None], fmax: float = 0.05, steps: int = 500,
                      workers: int | None = None, progress: bool = True) -> list[RelaxResult]:
     """Relax every structure (cell + positions); results in input order, failures as statuses.
 
@@ -221,7 +225,7 @@ def relax_structures(structures: Sequence[Structure | dict[str, Any]], fmax: flo
     """
     if fmax <= 0 or steps < 1:
         raise ValueError(f"fmax must be > 0 and steps ≥ 1 (got fmax={fmax}, steps={steps})")
-    crystals = [s if isinstance(s, dict) else structure_to_dict(s) for s in structures]
+    crystals = [s if s is None or isinstance(s, dict) else structure_to_dict(s) for s in structures]
     n = len(crystals)
     workers = max(1, min(workers or os.cpu_count() or 1, max(n, 1)))
     raw: list[dict[str, Any] | None] = [None] * n
@@ -273,17 +277,6 @@ def make_dedup_matcher() -> StructureMatcher:
     return StructureMatcher()
 
 
-def spacegroup_of(structure: Structure, symprec: float = 0.1) -> str:
-    """International symbol and number (spglib), '?' when spglib cannot analyse the cell."""
-    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
-
-    try:
-        sga = SpacegroupAnalyzer(structure, symprec=symprec)
-        return f"{sga.get_space_group_symbol()} ({sga.get_space_group_number()})"
-    except Exception:
-        return "?"
-
-
 def rank_results(results: Sequence[RelaxResult], matcher: StructureMatcher | None = None) -> list[RankedCandidate]:
     """Distinct relaxed structures, lowest energy per atom first; failed relaxations are left out.
 
@@ -306,9 +299,11 @@ def rank_results(results: Sequence[RelaxResult], matcher: StructureMatcher | Non
             groups.append([result])
     if not groups:
         return []
+    from diffcsp.predict import describe
+
     best = groups[0][0].energy_per_atom
     return [RankedCandidate(rank=i + 1, structure=g[0].structure, energy_per_atom=g[0].energy_per_atom,
-                            e_above_min=1000.0 * (g[0].energy_per_atom - best), spacegroup=spacegroup_of(g[0].structure),
+                            e_above_min=1000.0 * (g[0].energy_per_atom - best), spacegroup=describe(g[0].structure)["spacegroup"],
                             count=len(g), members=sorted(r.index for r in g), result=g[0])
             for i, g in enumerate(groups)]
 
@@ -319,20 +314,49 @@ def relax_and_rank(structures: Sequence[Structure], fmax: float = 0.05, steps: i
     return rank_results(relax_structures(structures, fmax=fmax, steps=steps, workers=workers, progress=progress))
 
 
-def candidate_rows(candidates: Sequence[RankedCandidate], files: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """Rows of the ranked table (``summary.csv`` of ``diffcsp predict --relax``)."""
-    from diffcsp.predict import describe
+def write_ranked(candidates: Sequence[RankedCandidate], results: Sequence[RelaxResult], out_dir: str | Path, stem: str,
+                 pictures: bool = True) -> list[dict[str, Any]]:
+    """Write ``rankNN_<stem>.cif`` (relaxed cell, P1), ``…_sym.cif`` (symmetrised) and ``.png`` per
+    candidate, and ``summary.csv``: the ranked table, then one row per sample that could not be
+    ranked (its status and why). Returns the rows."""
+    import csv
+    import io
 
-    rows = []
-    for i, c in enumerate(candidates):
-        info = describe(c.structure)
-        info["spacegroup"] = c.spacegroup
+    from pymatgen.io.cif import CifWriter
+
+    from diffcsp.fileio import write_text
+    from diffcsp.predict import SYMPREC, describe, plot_structure, write_symmetrized_cif
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    width = max(2, len(str(len(candidates))))
+    rows: list[dict[str, Any]] = []
+    for c in candidates:
+        path = out_dir / f"rank{c.rank:0{width}d}_{stem}.cif"
+        write_text(path, str(CifWriter(c.structure)))
+        sym = path.with_name(path.stem + "_sym.cif")
+        info = describe(c.structure, SYMPREC)
         r = c.result
-        rows.append({"rank": c.rank, **({"file": files[i]} if files else {}),
+        rows.append({"rank": c.rank, "file": path.name,
+                     "sym_file": sym.name if write_symmetrized_cif(c.structure, sym, SYMPREC, source=path.name) else "",
                      "energy_per_atom": round(c.energy_per_atom, 5), "e_above_min_meV": round(c.e_above_min, 1),
-                     "count": c.count, "samples": " ".join(map(str, c.members)),
-                     "status": r.status if r else "", "steps": r.steps if r else "",
-                     "max_force": round(r.max_force, 4) if r and r.max_force is not None else "", **info})
+                     "count": c.count, "samples": " ".join(map(str, c.members)), "status": r.status if r else "",
+                     "steps": r.steps if r else "", "max_force": round(r.max_force, 4) if r and r.max_force is not None else "",
+                     **info})
+        if pictures:
+            plot_structure(c.structure, path.with_suffix(".png"),
+                           f"rank {c.rank}: {info['formula']}, {info['spacegroup']}, +{c.e_above_min:.0f} meV/atom")
+    ranked = {i for c in candidates for i in c.members}
+    for r in results:
+        if r.index not in ranked:
+            rows.append({"rank": "", "file": "", "sym_file": "", "energy_per_atom": "", "e_above_min_meV": "", "count": 1,
+                         "samples": str(r.index), "status": r.status, "steps": r.steps, "max_force": "", "message": r.message})
+    buffer = io.StringIO()
+    fields = list(dict.fromkeys(k for row in rows for k in row))
+    writer = csv.DictWriter(buffer, fieldnames=fields, restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(out_dir / "summary.csv", buffer.getvalue())
     return rows
 
 
