@@ -13,7 +13,9 @@ pytest.importorskip("smact")
 pytest.importorskip("matminer")
 
 from diffcsp import gen_metrics  # noqa: E402
+from diffcsp.cdvae_constants import COMP_SCALER_MEANS, COMP_SCALER_STDS  # noqa: E402
 from diffcsp.gen_metrics import (  # noqa: E402
+    cdvae_comp_scale,
     compute_fingerprints,
     coverage,
     evaluate_generation,
@@ -63,8 +65,10 @@ def test_charge_neutral_compositions_are_valid(formula: str) -> None:
     assert smact_validity(Composition(formula))
 
 
-@pytest.mark.parametrize("formula", ["NaO2", "Na2Cl", "NaCl2"])
+@pytest.mark.parametrize("formula", ["NaO2", "Na2Cl", "NaCl2", "CsKO3", "KLiN3", "Sr2N3"])
 def test_non_neutral_compositions_are_invalid(formula: str) -> None:
+    # CsKO3, KLiN3, Sr2N3 are in Perov-5's test split: Cs+ K+ O2- (net -4); K+ Li+ with one N
+    # state for all three N (2 + 3n = 0 has no integer solution); Sr2+ N (4 + 3n = 0, likewise).
     # NaO2: Na(+1) and one O state for both O cannot balance (SMACT has no superoxide O(-1/2));
     # Na2Cl would need Cl(-2); Na(-1)Cl(+2)-type balances fail the Pauling test.
     assert not smact_validity(Composition(formula))
@@ -98,11 +102,12 @@ def test_coverage_needs_both_cutoffs_and_counts_missing_fingerprints() -> None:
     # gen 2: fingerprint failed -> a miss that still counts in COV-P's denominator.
     gen_s = [np.zeros(3) + 0.01, np.full(3, 10.0), None]
     gen_c = [np.array([0.0, 0.0]), np.array([50.0, 50.0]), np.array([0.0, 0.0])]
-    cov_r, cov_p = coverage(gen_s, gen_c, ref_s, ref_c, struct_cutoff=0.1, comp_cutoff=1.0)
+    kw = dict(struct_cutoff=0.1, comp_scaler="reference")
+    cov_r, cov_p = coverage(gen_s, gen_c, ref_s, ref_c, comp_cutoff=1.0, **kw)
     assert cov_r == pytest.approx(0.5)
     assert cov_p == pytest.approx(1 / 3)
     # a looser composition cut-off lets gen 1 cover ref 1
-    cov_r, cov_p = coverage(gen_s, gen_c, ref_s, ref_c, struct_cutoff=0.1, comp_cutoff=1000.0)
+    cov_r, cov_p = coverage(gen_s, gen_c, ref_s, ref_c, comp_cutoff=1000.0, **kw)
     assert (cov_r, cov_p) == (pytest.approx(1.0), pytest.approx(2 / 3))
 
 
@@ -211,7 +216,7 @@ def test_constant_reference_feature_does_not_explode() -> None:
     base = np.array([1.0, 2.5, 300.0])
     ref_c = [base, base * (1 + 1e-16), base]
     ref_s = [np.zeros(2)] * 3
-    cov_r, cov_p = coverage([np.zeros(2)], [base + 1e-12], ref_s, ref_c, 0.2, 4.0)
+    cov_r, cov_p = coverage([np.zeros(2)], [base + 1e-12], ref_s, ref_c, 0.2, 4.0, comp_scaler="reference")
     assert (cov_r, cov_p) == (1.0, 1.0)
 
 
@@ -228,6 +233,67 @@ def test_coverage_takes_structure_and_composition_minima_separately():
     ref_s = [np.array([0.0, 0.0]), np.array([5.0, 5.0])]
     ref_c = [np.array([9.0]), np.array([0.0])]
     scale = (np.zeros(1), np.ones(1))
-    cov_r, cov_p = gen_metrics.coverage(gen_s, gen_c, ref_s, ref_c, 0.1, 0.1, comp_scale=scale)
+    cov_r, cov_p = gen_metrics.coverage(gen_s, gen_c, ref_s, ref_c, 0.1, 0.1, comp_scaler=scale)
     assert cov_p == 1.0  # structure-nearest is ref 0, composition-nearest is ref 1
     assert cov_r == 0.0  # ref 0: composition too far; ref 1: structure too far
+
+
+# ------------------------------------------------------------------ CDVAE's composition scaler
+
+
+def test_cdvae_scaler_on_a_hand_computed_magpie_vector() -> None:
+    """NaCl's Magpie vector, standardised with CDVAE's CompScaler, against hand arithmetic.
+
+    Magpie features come in blocks of six per element property (minimum, maximum, range, mean,
+    avg_dev, mode), the first property being the atomic number: for NaCl (Z = 11, 17) the block
+    is 11, 17, 6, 14, 3, 11. The statistics are CDVAE's published CompScalerMeans/Stds.
+    """
+    _, comp_fps = compute_fingerprints([rocksalt("Na", "Cl", 5.64)], workers=1, progress=False)
+    raw = comp_fps[0]
+    np.testing.assert_allclose(raw[:6], [11, 17, 6, 14, 3, 11])
+    scaled = cdvae_comp_scale(raw[None, :])[0]
+    # mean Z: (14 - 36.52738520455582) / 16.816765336550194, CDVAE's 4th mean and std
+    assert scaled[3] == pytest.approx((14 - 36.52738520455582) / 16.816765336550194, rel=1e-12)
+    assert scaled[3] == pytest.approx(-1.3395790, abs=1e-6)
+    # minimum Z: (11 - 21.194441759304013) / 16.35781741152948
+    assert scaled[0] == pytest.approx(-0.6232153, abs=1e-6)
+    assert len(COMP_SCALER_MEANS) == len(COMP_SCALER_STDS) == 132 == len(raw)
+
+
+def test_cdvae_scaler_replaces_nan_after_scaling() -> None:
+    # CDVAE's StandardScaler.transform: (X - means) / stds first, then NaN -> 0. A missing
+    # feature therefore sits at CDVAE's mean (0), not at -mean/std (what NaN -> 0 first would give).
+    x = np.array(COMP_SCALER_MEANS, dtype=float) + np.array(COMP_SCALER_STDS) * 2.0
+    x[0] = np.nan
+    z = cdvae_comp_scale(x[None, :])[0]
+    assert z[0] == 0.0
+    np.testing.assert_allclose(z[1:], 2.0, rtol=1e-12)
+    with pytest.raises(ValueError, match="132"):
+        cdvae_comp_scale(np.zeros((1, 3)))
+
+
+def test_coverage_uses_cdvae_scaler_by_default() -> None:
+    """The cut-off is in CDVAE's standard deviations, not the reference set's.
+
+    Two reference crystals differ only in feature 0, by 20 (reference std 10); the generated one
+    sits 3 CDVAE standard deviations (3 * 16.357... = 49.07) below the first. CDVAE's scaler:
+    distances 3 (<= 4, ref 0 covered) and 69.07 / 16.357 = 4.22 (ref 1 not); the reference
+    scaler: 49.07 / 10 = 4.9 > 4, nothing covered.
+    """
+    ref_c = [np.array(COMP_SCALER_MEANS, dtype=float), np.array(COMP_SCALER_MEANS, dtype=float)]
+    ref_c[1][0] += 20.0
+    gen_c = [ref_c[0].copy()]
+    gen_c[0][0] -= 3.0 * COMP_SCALER_STDS[0]
+    ref_s, gen_s = [np.zeros(2), np.zeros(2)], [np.zeros(2)]
+    assert coverage(gen_s, gen_c, ref_s, ref_c, 0.2, 4.0) == (0.5, 1.0)
+    assert coverage(gen_s, gen_c, ref_s, ref_c, 0.2, 4.0, comp_scaler="cdvae") == (0.5, 1.0)
+    assert coverage(gen_s, gen_c, ref_s, ref_c, 0.2, 4.0, comp_scaler="reference") == (0.0, 0.0)
+    with pytest.raises(ValueError, match="comp_scaler"):
+        coverage(gen_s, gen_c, ref_s, ref_c, 0.2, 4.0, comp_scaler="minmax")
+
+
+def test_evaluate_generation_reports_its_scaler(mixed: list[Structure]) -> None:
+    out = evaluate_generation(mixed[:1], mixed[:1], struct_cutoff=0.4, comp_cutoff=10.0, workers=1, progress=False)
+    assert out["comp_scaler"] == "cdvae" and out["cov_recall"] == 1.0
+    with pytest.raises(ValueError, match="comp_scaler"):
+        evaluate_generation(mixed[:1], mixed[:1], 0.4, 10.0, workers=1, progress=False, comp_scaler="x")

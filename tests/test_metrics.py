@@ -8,6 +8,7 @@ permutation, supercell) and in ways whose RMSE is known in closed form (one disp
 from __future__ import annotations
 
 import csv
+import json
 import signal
 import threading
 import time
@@ -18,11 +19,13 @@ from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Lattice, Structure
 
 from diffcsp.metrics import (
+    RULES,
     CSPReport,
     CrystalResult,
     evaluate_csp,
     evaluate_predictions,
     is_structurally_valid,
+    is_valid,
     make_matcher,
     rms_distance,
     rms_distance_limited,
@@ -239,7 +242,8 @@ def test_empty_inputs() -> None:
     report = evaluate_csp([], workers=1, progress=False)
     assert report.summary() == {
         "n": 0, "k": 0, "match_rate": 0.0, "rmse": None, "valid_rate": 0.0,
-        "match_rate_k": 0.0, "rmse_k": None, "valid_rate_k": 0.0, "timeouts": 0,
+        "match_rate_k": 0.0, "rmse_k": None, "valid_rate_k": 0.0, "gt_valid_rate": 0.0, "timeouts": 0,
+        "rule": "official",
     }  # fmt: skip
     row = CrystalResult(id="a", formula="X", n_samples=0, sample_valid=[], sample_rmse=[])
     assert (row.matched_k1, row.matched_k, row.rmse_k, row.valid_rate) == (False, False, None, 0.0)
@@ -267,7 +271,7 @@ def test_timeout_counts_as_unmatched_and_restores_handler() -> None:
     assert rmse == pytest.approx(0.0, abs=1e-6) and not timed_out
 
     report = evaluate_csp([("big", "SrTiO3", big, [big.copy(), big.copy()])], workers=1, timeout=0.01,
-                          progress=False)  # fmt: skip
+                          progress=False, rule="structure")  # fmt: skip
     assert report.timeouts == 2 and report.summary()["timeouts"] == 2
     assert report.rows[0].sample_valid == [True, True] and not report.rows[0].matched_k
 
@@ -287,7 +291,7 @@ def test_parallel_equals_serial() -> None:
 def test_timeouts_fire_inside_worker_processes() -> None:
     big = big_p1_crystal()
     crystals = [("big1", "SrTiO3", big, [big.copy()]), ("big2", "SrTiO3", big, [big.copy()])]
-    report = evaluate_csp(crystals, workers=2, timeout=0.01, progress=False)
+    report = evaluate_csp(crystals, workers=2, timeout=0.01, progress=False, rule="structure")
     assert report.timeouts == 2 and report.summary()["match_rate"] == 0.0
     assert [r.sample_valid for r in report.rows] == [[True], [True]]
 
@@ -316,7 +320,8 @@ def test_off_main_thread_uses_a_worker_process() -> None:
     big = big_p1_crystal()
     out: list[CSPReport] = []
     thread = threading.Thread(target=lambda: out.append(
-        evaluate_csp([("big", "SrTiO3", big, [big.copy()])], workers=1, timeout=0.01, progress=False)))  # fmt: skip
+        evaluate_csp([("big", "SrTiO3", big, [big.copy()])], workers=1, timeout=0.01, progress=False,
+                     rule="structure")))  # fmt: skip
     thread.start()
     thread.join(60)
     assert out and out[0].timeouts == 1
@@ -350,3 +355,127 @@ def test_csv_and_predictions_round_trip(tmp_path) -> None:
 
 def test_report_is_plain_dataclass() -> None:
     assert CSPReport().summary()["n"] == 0
+
+
+# ------------------------------------------------------------------------------------------
+# the official validity rule (the DiffCSP authors' compute_metrics.py)
+# ------------------------------------------------------------------------------------------
+
+
+def cubic_perovskite(a: str, b: str, x: str, lattice: float = 4.0) -> Structure:
+    """Cubic ABX3 perovskite (5 atoms), built by hand; well separated atoms, so structurally valid."""
+    return Structure(
+        Lattice.cubic(lattice),
+        [a, b, x, x, x],
+        [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]],
+    )
+
+
+def test_rules_and_default() -> None:
+    assert RULES[0] == "official" and set(RULES) == {"official", "structure"}
+    with pytest.raises(ValueError, match="unknown validity rule"):
+        evaluate_csp([], rule="bogus")
+
+
+@pytest.mark.parametrize(
+    ("structure", "official"),
+    [
+        # compositions from Perov-5's test split that fail SMACT's charge-neutrality test
+        (cubic_perovskite("Cs", "K", "O"), False),  # Cs+ K+ 3 O2-: net -4
+        (cubic_perovskite("K", "Li", "N"), False),  # K+ Li+ and one N state for all three N
+        (Structure(Lattice.cubic(6.0), ["Sr", "Sr", "N", "N", "N"],
+                   [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0, 0], [0, 0.5, 0], [0, 0, 0.5]]), False),  # Sr2N3
+        (srtio3(), True),
+        (nacl(), True),
+        (Structure(Lattice.cubic(3.567), ["C"] * 2, [[0, 0, 0], [0.25, 0.25, 0.25]]), True),  # elemental
+    ],
+)  # fmt: skip
+def test_official_validity_needs_smact(structure: Structure, official: bool) -> None:
+    assert is_structurally_valid(structure)
+    assert is_valid(structure, "structure") is True
+    assert is_valid(structure, "official") is official
+
+
+def test_k1_pair_rule_ground_truth_failing_smact_is_never_matched() -> None:
+    gt = cubic_perovskite("Cs", "K", "O")
+    crystals = [("cko", "CsKO3", gt, [gt.copy()]), ("sto", "SrTiO3", srtio3(), [srtio3()])]
+    official = evaluate_csp(crystals, workers=1, progress=False)
+    structure = evaluate_csp(crystals, workers=1, progress=False, rule="structure")
+    # identical prediction, yet not matched: its composition (the ground truth's) fails SMACT
+    cko = official.rows[0]
+    assert (cko.gt_valid, cko.comp_valid, cko.sample_valid, cko.matched_k1) == (False, False, [False], False)
+    assert official.rows[1].matched_k1 and official.rows[1].comp_valid is True
+    s = official.summary()
+    assert (s["rule"], s["match_rate"], s["match_rate_k"], s["gt_valid_rate"]) == ("official", 0.5, 0.5, 0.5)
+    assert s["rmse"] == pytest.approx(0.0, abs=1e-6)
+    # the structure-only rule counts both
+    assert structure.summary()["match_rate"] == 1.0 and structure.summary()["rule"] == "structure"
+    assert structure.rows[0].comp_valid is None
+
+
+def test_k1_pair_rule_structurally_invalid_ground_truth() -> None:
+    """k = 1 needs a valid ground truth; k > 1 (the authors' RecEvalBatch) checks the samples only.
+
+    The ground truth is SrTiO3 shrunk to a = 0.97 Å (Ti-O 0.485 Å < 0.5 Å: structurally invalid);
+    StructureMatcher rescales volumes, so a normal SrTiO3 sample matches it with RMSE 0.
+    """
+    sto = srtio3()
+    shrunk = Structure(Lattice.cubic(0.97), sto.species, sto.frac_coords)
+    assert not is_structurally_valid(shrunk)
+    assert rms_distance(sto, shrunk) == pytest.approx(0.0, abs=1e-6)
+    one = evaluate_csp([("s", "SrTiO3", shrunk, [sto.copy()])], workers=1, progress=False)
+    assert one.rows[0].sample_valid == [True] and not one.rows[0].gt_valid
+    assert not one.rows[0].matched_k1 and one.summary()["match_rate"] == 0.0 == one.summary()["match_rate_k"]
+    two = evaluate_csp([("s", "SrTiO3", shrunk, [sto.copy(), sto.copy()])], workers=1, progress=False)
+    row = two.rows[0]
+    assert not row.matched_k1 and row.matched_k and row.rmse_k == pytest.approx(0.0, abs=1e-6)
+    assert two.match_rate_curve([1, 2]) == [(1, 0.0), (2, 1.0)]
+    # the structure rule never looks at the ground truth
+    assert evaluate_csp([("s", "SrTiO3", shrunk, [sto.copy()])], workers=1, progress=False,
+                        rule="structure").rows[0].matched_k1  # fmt: skip
+
+
+def test_k_samples_invalid_sample_cannot_be_the_match() -> None:
+    # every sample is an exact copy of the ground truth, but their composition fails SMACT
+    gt = cubic_perovskite("K", "Li", "N")
+    crystals = [("kln", "KLiN3", gt, [gt.copy(), gt.copy(), gt.copy()])]
+    official = evaluate_csp(crystals, workers=1, progress=False).rows[0]
+    assert official.sample_valid == [False] * 3 and not official.matched_k and official.rmse_k is None
+    assert evaluate_csp(crystals, workers=1, progress=False, rule="structure").rows[0].matched_k
+    # a structurally invalid sample cannot be the match either; the valid, worse one is
+    sto = srtio3()
+    near = displaced(sto, 1, [0.1, 0, 0])
+    crushed = Structure(Lattice.cubic(0.97), sto.species, sto.frac_coords)  # matches with RMSE 0 if allowed
+    row = evaluate_csp([("sto", "SrTiO3", sto, [crushed, near])], workers=1, progress=False).rows[0]
+    assert row.sample_valid == [False, True] and row.sample_rmse[0] is None
+    assert row.rmse_k == pytest.approx(expected_one_atom_rmse(sto, 0.1), rel=1e-6)
+
+
+def test_evaluate_cli_reports_the_rule(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from diffcsp.cli import app
+
+    gt = cubic_perovskite("Cs", "K", "O")
+    preds = Predictions(
+        task="csp", dataset="perov_5", split="test", num_samples=1,
+        crystals=[{"id": "a", "formula": "CsKO3", "ground_truth": structure_to_dict(gt), "samples": [structure_to_dict(gt)]},
+                  {"id": "b", "formula": "SrTiO3", "ground_truth": structure_to_dict(srtio3()),
+                   "samples": [structure_to_dict(srtio3())]}],
+    )  # fmt: skip
+    path = preds.save(tmp_path / "p.json.gz")
+    runner = CliRunner()
+    help_text = " ".join(runner.invoke(app, ["evaluate", "--help"], terminal_width=200).output.split())
+    assert "official rule" in help_text and "SMACT" in help_text and "--rule" in help_text
+    for rule, expected in [(None, 0.5), ("official", 0.5), ("structure", 1.0)]:
+        out = tmp_path / f"{rule}.json"
+        args = ["evaluate", str(path), "--json", str(out), "--csv", str(tmp_path / f"{rule}.csv"), "--workers", "1"]
+        res = runner.invoke(app, args + (["--rule", rule] if rule else []), terminal_width=200)
+        assert res.exit_code == 0, res.output
+        summary = json.loads(out.read_text())
+        assert summary["rule"] == (rule or "official") and summary["match_rate"] == expected
+        assert f"rule: {rule or 'official'}" in res.output
+        with (tmp_path / f"{rule}.csv").open() as handle:
+            assert {row["rule"] for row in csv.DictReader(handle)} == {rule or "official"}
+    res = runner.invoke(app, ["evaluate", str(path), "--rule", "loose"])
+    assert res.exit_code == 1 and "error: unknown validity rule 'loose'" in res.output

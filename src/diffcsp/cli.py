@@ -377,9 +377,20 @@ def evaluate_cmd(
     workers: Annotated[Optional[int], typer.Option("--workers", help="Worker processes (default: all cores).")] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds allowed per StructureMatcher pair.")] = 60.0,
     reference_limit: Annotated[Optional[int], typer.Option("--reference-limit", help="Generation: compare with the first N crystals of the reference split only.")] = None,
+    rule: Annotated[str, typer.Option("--rule", help="CSP validity rule: 'official' (the DiffCSP authors' rule, see above) or 'structure' (structural validity of the prediction only, as diffcsp <= 0.1 reported).")] = "official",
+    comp_scaler: Annotated[Optional[str], typer.Option("--comp-scaler", help="Generation: standardise composition fingerprints for coverage with CDVAE's fixed statistics ('cdvae', the published protocol; default) or with the reference split's own mean/std ('reference').")] = None,
     data_dir: DataDir = None,
 ) -> None:
-    """SPEC §7 metrics: match rate / RMSE / validity (CSP) or validity / coverage / property distances (generation)."""
+    """Metrics: match rate / RMSE / validity (CSP) or validity / coverage / property distances (generation).
+
+    CSP uses the official rule of the DiffCSP authors' evaluation script by default: a crystal
+    is valid when all interatomic distances exceed 0.5 Å and its volume 0.1 Å³, its composition
+    passes SMACT's charge-neutrality and electronegativity test, and its CrystalNN fingerprint
+    can be computed. With k = 1 a pair is matched only if prediction and ground truth are both
+    valid and StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3) matches them; with k > 1 a
+    crystal is matched when any valid sample matches. Generation validity always uses the same
+    three conditions. Every report says which rule (and composition scaler) produced it.
+    """
     from rich.console import Console
     from rich.table import Table
 
@@ -387,12 +398,18 @@ def evaluate_cmd(
     from diffcsp.predictions import Predictions
 
     with _Guard():
+        import time
+
+        start = time.perf_counter()
         preds = Predictions.load(predictions)
         console = Console()
         if preds.task == "csp":
-            from diffcsp.metrics import evaluate_predictions
+            from diffcsp.metrics import RULE_DESCRIPTIONS, check_rule, evaluate_predictions
 
-            report = evaluate_predictions(preds, workers=workers, timeout=timeout)
+            if comp_scaler is not None:
+                raise ValueError("--comp-scaler applies to generation files (coverage); this is a CSP file")
+            check_rule(rule)
+            report = evaluate_predictions(preds, workers=workers, timeout=timeout, rule=rule)
             summary = report.summary()
             summary["match_rate_curve"] = report.match_rate_curve(range(1, summary["k"] + 1))
             if csv_out:
@@ -401,10 +418,18 @@ def evaluate_cmd(
                 plot_match_curve(summary["match_rate_curve"], plot, f"{preds.dataset}/{preds.split} (n={summary['n']})")
         else:
             from diffcsp.data import load_split
-            from diffcsp.gen_metrics import evaluate_generation
+            from diffcsp.gen_metrics import COMP_SCALERS, evaluate_generation
+            from diffcsp.metrics import RULE_DESCRIPTIONS, check_rule
             from diffcsp.predictions import dict_to_structure
             from diffcsp.registry import default_cache_dir, get_dataset
 
+            if rule != "official":
+                raise ValueError("--rule applies to CSP files; generation validity is always the official rule "
+                                 "(struct_valid and comp_valid are reported separately)")
+            check_rule(rule)
+            comp_scaler = comp_scaler or COMP_SCALERS[0]
+            if comp_scaler not in COMP_SCALERS:
+                raise ValueError(f"unknown --comp-scaler {comp_scaler!r}; choose one of: {', '.join(COMP_SCALERS)}")
             info = get_dataset(preds.dataset)
             if info.coverage_cutoffs is None:
                 raise ValueError(f"SPEC gives no coverage cut-offs for {preds.dataset}")
@@ -415,11 +440,18 @@ def evaluate_cmd(
                 reference = reference.subset(np.arange(min(reference_limit, len(reference))))
             cache = default_cache_dir() / "fingerprints" / f"{preds.dataset}-{preds.split}-{len(reference)}.npz"
             summary = evaluate_generation([dict_to_structure(d) for d in preds.generated], reference.structures(),
-                                          *info.coverage_cutoffs, workers=workers, cache_path=cache)
-        summary.update(task=preds.task, dataset=preds.dataset, split=preds.split, predictions=str(predictions))
+                                          *info.coverage_cutoffs, workers=workers, cache_path=cache,
+                                          comp_scaler=comp_scaler)
+            summary["rule"] = rule
+        summary.update(task=preds.task, dataset=preds.dataset, split=preds.split, predictions=str(predictions),
+                       eval_seconds=round(time.perf_counter() - start, 1))
         if json_out:
             write_json(json_out, summary)
-        table = Table(title=f"{preds.task.upper()} metrics — {preds.dataset}/{preds.split}")
+        scaler = f", composition scaler: {summary['comp_scaler']}" if "comp_scaler" in summary else ""
+        caption = (f"{rule} rule: {RULE_DESCRIPTIONS[rule]}" if preds.task == "csp" else
+                   "valid: structurally valid, SMACT-valid and CrystalNN fingerprint computable (official rule); "
+                   f"coverage: composition fingerprints standardised with the {summary['comp_scaler']} scaler")
+        table = Table(title=f"{preds.task.upper()} metrics — {preds.dataset}/{preds.split} — rule: {rule}{scaler}")
         table.add_column("metric")
         table.add_column("value", justify="right")
         for key, value in summary.items():
@@ -427,6 +459,7 @@ def evaluate_cmd(
                 continue
             table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
         console.print(table)
+        console.print(caption)
 
 
 def plot_match_curve(curve: list[tuple[int, float]], out: Path, title: str) -> Path:

@@ -23,3 +23,7 @@ class DownloadError(RuntimeError):
 
 class CompositionError(ValueError):
     """A formula or species list the model cannot be asked about."""
+
+
+class DependencyError(ValueError):
+    """An optional library a requested feature needs is not installed (the message says which)."""

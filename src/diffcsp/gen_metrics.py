@@ -8,20 +8,20 @@ DiffCSP paper reuses, so that numbers are comparable with the published tables:
 * **Structural validity** -- every periodic interatomic distance > 0.5 Å and volume > 0.1 Å³.
 * **Coverage** (COV-R, COV-P) -- nearest-neighbour distances between generated and reference
   crystals in two fingerprint spaces (CrystalNN structure fingerprint, Magpie composition
-  fingerprint); a pair is "close" only when it is within *both* cut-offs.
+  fingerprint standardised with CDVAE's fixed ``CompScaler`` statistics); a pair is "close"
+  only when it is within *both* cut-offs.
 * **Property statistics** -- Wasserstein distances between the density and number-of-elements
   distributions of the valid generated crystals and of the reference set.
 
-Where this module departs from CDVAE it says so in the docstring concerned (composition
-scaler, missing electronegativities under SMACT >= 3, no random 1000-crystal subsample,
-collapsed cells not fingerprinted).
+Where this module departs from CDVAE it says so in the docstring concerned (missing
+electronegativities under SMACT >= 3, no random 1000-crystal subsample, collapsed cells not
+fingerprinted, the optional ``comp_scaler="reference"``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import multiprocessing
 import os
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -37,17 +37,22 @@ from scipy.spatial.distance import cdist
 from scipy.stats import wasserstein_distance
 from tqdm.auto import tqdm
 
+from diffcsp.cdvae_constants import COMP_SCALER_MEANS, COMP_SCALER_STDS
 from diffcsp.fileio import atomic_write
 from diffcsp.metrics import is_structurally_valid
+from diffcsp.parallel import mp_context
 
 __all__ = [
+    "COMP_SCALERS",
     "FINGERPRINT_VERSION",
+    "cdvae_comp_scale",
     "compute_fingerprints",
     "coverage",
     "evaluate_generation",
     "reference_fingerprints",
     "smact_validity",
     "structural_validity",
+    "structure_fingerprint",
     "structures_hash",
     "wasserstein_density",
     "wasserstein_num_elements",
@@ -59,6 +64,14 @@ FINGERPRINT_VERSION = "crystalnn-ops-sitemean+magpie/v1"
 
 #: Below this volume per atom (Å³) no structure fingerprint is attempted; real crystals have > 5.
 MIN_VOLUME_PER_ATOM = 0.1
+
+#: How composition fingerprints are standardised before coverage distances: ``"cdvae"`` with
+#: CDVAE's fixed ``CompScaler`` statistics (the published protocol, the default), or
+#: ``"reference"`` with the mean/std of the reference set itself (our earlier default).
+COMP_SCALERS = ("cdvae", "reference")
+
+#: CDVAE's smact_validity gives up (returns False) beyond this many oxidation-state combinations.
+MAX_OX_COMBINATIONS = 1e7
 
 Fingerprint = np.ndarray | None
 T = TypeVar("T")
@@ -103,6 +116,8 @@ def _smact_valid(symbols: tuple[str, ...], counts: tuple[int, ...]) -> bool:
     # CDVAE ran SMACT 2.x, whose default ``oxidation_states`` was the 2014 list; SMACT >= 3
     # renamed it ``oxidation_states_smact14`` and made an ICSD-2024 list the default.
     ox_lists = [getattr(e, "oxidation_states_smact14", None) or e.oxidation_states or [] for e in elements]
+    if math.prod(len(ox) for ox in ox_lists) > MAX_OX_COMBINATIONS:
+        return False  # as CDVAE: too many combinations to enumerate counts as invalid
     enegs = [e.pauling_eneg for e in elements]
     # SMACT 2.x raised TypeError on a missing electronegativity and CDVAE then accepted the
     # combination ("no data: assume it is okay"); SMACT >= 3 returns False instead. Keep
@@ -161,13 +176,16 @@ def _featurizer(name: str) -> Any:
     return _FEATURIZERS[name]
 
 
-def _fingerprint_one(structure: Structure) -> tuple[Fingerprint, Fingerprint]:
-    """(structure fingerprint, composition fingerprint); an exception gives ``None``.
+def structure_fingerprint(structure: Structure) -> Fingerprint:
+    """Mean over sites of the CrystalNN "ops" fingerprint (61 values); ``None`` if it fails.
 
-    CrystalNN warns about missing oxidation states on every site; that is expected here (CDVAE
-    featurises undecorated structures too), so warnings are silenced. A collapsed cell (volume
-    per atom < :data:`MIN_VOLUME_PER_ATOM`) gets no structure fingerprint: CrystalNN's cost grows
-    like 1/volume (40 s for two atoms in a 0.3 Å cube) and such a crystal is invalid anyway.
+    CDVAE and DiffCSP count a crystal whose fingerprint raises as invalid, in generation *and*
+    in CSP (the official CSP validity rule, :mod:`diffcsp.metrics`), so this one function
+    decides it for both. CrystalNN warns about missing oxidation states on every site; that is
+    expected here (CDVAE featurises undecorated structures too), so warnings are silenced. A
+    collapsed cell (volume per atom < :data:`MIN_VOLUME_PER_ATOM`) gets no fingerprint:
+    CrystalNN's cost grows like 1/volume (40 s for two atoms in a 0.3 Å cube) and such a
+    crystal is structurally invalid anyway.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -176,9 +194,16 @@ def _fingerprint_one(structure: Structure) -> tuple[Fingerprint, Fingerprint]:
                 raise ValueError("collapsed cell")
             cnn = _featurizer("crystalnn")
             site_fps = [cnn.featurize(structure, i) for i in range(len(structure))]
-            struct_fp: Fingerprint = np.asarray(site_fps, dtype=float).mean(axis=0)
+            return np.asarray(site_fps, dtype=float).mean(axis=0)
         except Exception:
-            struct_fp = None
+            return None
+
+
+def _fingerprint_one(structure: Structure) -> tuple[Fingerprint, Fingerprint]:
+    """(structure fingerprint, composition fingerprint); an exception gives ``None``."""
+    struct_fp = structure_fingerprint(structure)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         try:
             magpie = _featurizer("magpie").featurize(structure.composition)
             comp_fp: Fingerprint = np.asarray(magpie, dtype=float)
@@ -200,8 +225,8 @@ def _parallel_map(
 ) -> list[R]:
     """Order-preserving map over worker processes with a tqdm bar.
 
-    Workers are *spawned*, not forked: the caller may have torch (OpenMP threads) loaded, and
-    forking a threaded process can deadlock. With one worker (or one item) it runs in-process.
+    Workers come from :func:`diffcsp.parallel.mp_context` (never a plain fork: the caller may
+    have torch's OpenMP threads running). With one worker (or one item) it runs in-process.
     """
     n = len(items)
     workers = _default_workers(n) if workers is None else max(1, min(int(workers), max(n, 1)))
@@ -213,7 +238,8 @@ def _parallel_map(
                 bar.update()
             return out
         chunksize = max(1, min(64, n // (workers * 8)))
-        ctx = multiprocessing.get_context("spawn")
+        ctx = mp_context(["diffcsp.metrics", "diffcsp.gen_metrics", "matminer.featurizers.site.fingerprint",
+                          "matminer.featurizers.composition.composite"])
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
             out = []
             for result in pool.map(fn, items, chunksize=chunksize):
@@ -316,24 +342,43 @@ def reference_fingerprints(
 # --------------------------------------------------------------------------------------------
 
 
-def _standardise(
-    gen: np.ndarray, ref: np.ndarray, scale: tuple[np.ndarray, np.ndarray] | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Standardise both sets per feature with the reference's mean/std; NaN -> 0 afterwards.
+def cdvae_comp_scale(fps: np.ndarray) -> np.ndarray:
+    """CDVAE's ``CompScaler.transform``: ``(X - means) / stds`` with its fixed statistics, then NaN -> 0.
 
-    CDVAE scales Magpie vectors with fixed means/stds shipped in its code (``CompScaler``,
-    fitted on its own data) and replaces NaN by 0. By default we fit the scaler on the
-    reference set instead (std 0, or below float noise, -> 1), which needs no external
-    constants; the composition cut-offs (4 or 10, in standard-deviation units of 132 features)
-    are therefore comparable but not identical. ``scale=(mean, std)`` imposes a fixed scaler.
+    The order matters: a feature matminer could not compute (NaN) becomes 0 *after* scaling,
+    i.e. it sits at CDVAE's mean, not at ``-mean/std``. Statistics: :mod:`diffcsp.cdvae_constants`.
     """
-    if scale is not None:
-        mean, std = (np.asarray(x, dtype=float) for x in scale)
-    else:
+    x = np.asarray(fps, dtype=float)
+    if x.shape[-1] != len(COMP_SCALER_MEANS):
+        raise ValueError(
+            f"CDVAE's composition scaler needs {len(COMP_SCALER_MEANS)}-value Magpie fingerprints, got {x.shape[-1]}"
+        )
+    z = (x - np.asarray(COMP_SCALER_MEANS)) / np.asarray(COMP_SCALER_STDS)
+    return np.where(np.isnan(z), 0.0, z)
+
+
+def _standardise(
+    gen: np.ndarray, ref: np.ndarray, scaler: str | tuple[np.ndarray, np.ndarray] = "cdvae"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Standardise generated and reference composition fingerprints the same way.
+
+    ``"cdvae"`` (default): :func:`cdvae_comp_scale`, as the published CDVAE/DiffCSP numbers.
+    ``"reference"``: per-feature mean/std of the reference set itself (std 0, or below float
+    noise, -> 1), NaN -> 0 afterwards; this needs no external constants but makes the cut-off
+    depend on the reference's spread (on Perov-5's narrow chemistry it is much stricter).
+    ``(mean, std)``: a fixed scaler of your own, treated like ``"reference"``.
+    """
+    if isinstance(scaler, str):
+        if scaler == "cdvae":
+            return cdvae_comp_scale(gen), cdvae_comp_scale(ref)
+        if scaler != "reference":
+            raise ValueError(f"comp_scaler must be one of {', '.join(COMP_SCALERS)} or (mean, std), not {scaler!r}")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
             mean = np.nanmean(ref, axis=0)
             std = np.nanstd(ref, axis=0)
+    else:
+        mean, std = (np.asarray(x, dtype=float) for x in scaler)
     mean = np.where(np.isfinite(mean), mean, 0.0)
     # "std 0" includes float noise: a feature constant over the reference (all of Carbon-24)
     # can come out as 1e-16, which would blow any tiny difference up to ~1e16.
@@ -351,20 +396,19 @@ def coverage(
     ref_comp_fps: Sequence[Fingerprint],
     struct_cutoff: float,
     comp_cutoff: float,
-    comp_scale: tuple[np.ndarray, np.ndarray] | None = None,
+    comp_scaler: str | tuple[np.ndarray, np.ndarray] = "cdvae",
 ) -> tuple[float, float]:
     """(COV-R, COV-P) as CDVAE's ``compute_cov``.
 
     Euclidean distances between every generated and every reference crystal, separately on
-    structure fingerprints and on standardised composition fingerprints (see
-    :func:`_standardise`). COV-R: fraction of reference crystals whose nearest
+    structure fingerprints and on composition fingerprints standardised by ``comp_scaler``
+    (default ``"cdvae"``, CDVAE's fixed statistics; see :func:`_standardise`). COV-R: fraction of reference crystals whose nearest
     generated crystal in structure is within the structure cut-off and whose nearest generated
     crystal in composition is within the composition cut-off (``<=``; the two nearest crystals
     may differ: CDVAE takes the two minima separately). COV-P: the same per generated crystal. As in CDVAE, a generated crystal without fingerprints is dropped
     from the distance computation but still counts in COV-P's denominator (a miss). A
     reference crystal without fingerprints is left out of COV-R altogether (CDVAE would crash;
     no model could cover it). Pass only the generated crystals you want considered.
-    ``comp_scale=(mean, std)`` replaces the reference-fitted composition scaler.
     """
     if len(gen_struct_fps) != len(gen_comp_fps) or len(ref_struct_fps) != len(ref_comp_fps):
         raise ValueError("structure and composition fingerprint lists differ in length")
@@ -382,7 +426,7 @@ def coverage(
     gc, rc = _standardise(
         np.stack([gen_comp_fps[i] for i in gen_keep]).astype(float),
         np.stack([ref_comp_fps[i] for i in ref_keep]).astype(float),
-        comp_scale,
+        comp_scaler,
     )
     gs, rs = np.nan_to_num(gs), np.nan_to_num(rs)
     struct_d, comp_d = cdist(gs, rs), cdist(gc, rc)  # (n_gen, n_ref)
@@ -437,11 +481,13 @@ def evaluate_generation(
     cache_path: Path | str | None = None,
     progress: bool = True,
     coverage_on: str = "all",
-) -> dict[str, float | int]:
+    comp_scaler: str = "cdvae",
+) -> dict[str, Any]:
     """SPEC §7 ab initio metrics of ``generated`` against ``reference`` (the test split).
 
     Returns ``n``, ``struct_valid``, ``comp_valid``, ``valid`` (fractions of all generated),
-    ``cov_recall``, ``cov_precision``, ``wdist_density``, ``wdist_num_elems``.
+    ``cov_recall``, ``cov_precision``, ``wdist_density``, ``wdist_num_elems``, and
+    ``comp_scaler`` (which composition scaler the coverage used).
 
     Choices, following CDVAE's code (which the DiffCSP paper reuses):
 
@@ -451,6 +497,9 @@ def evaluate_generation(
       generated crystals, dropping only those whose fingerprints failed, and divides COV-P by
       the number of generated crystals. ``coverage_on="valid"`` restricts coverage to the valid
       crystals instead (COV-P then divides by the number of valid crystals).
+    * Composition fingerprints are standardised with CDVAE's fixed ``CompScaler`` statistics
+      (``comp_scaler="cdvae"``, as the published numbers); ``"reference"`` uses the reference
+      set's own mean/std instead (not comparable with the papers).
     * Wasserstein distances use the valid generated crystals against *all* reference crystals.
       CDVAE draws a random subsample of 1000 valid crystals first; we use all of them
       (deterministic, same expectation, lower variance). NaN when nothing is valid.
@@ -459,6 +508,8 @@ def evaluate_generation(
     """
     if coverage_on not in ("all", "valid"):
         raise ValueError(f"coverage_on must be 'all' or 'valid', not {coverage_on!r}")
+    if comp_scaler not in COMP_SCALERS:
+        raise ValueError(f"comp_scaler must be one of {', '.join(COMP_SCALERS)}, not {comp_scaler!r}")
     generated = list(generated)
     reference = list(reference)
     n = len(generated)
@@ -480,7 +531,8 @@ def evaluate_generation(
         gen_comp_fps = [gen_comp_fps[i] for i in idx]
     if gen_struct_fps:
         cov_r, cov_p = coverage(
-            gen_struct_fps, gen_comp_fps, ref_struct_fps, ref_comp_fps, struct_cutoff, comp_cutoff
+            gen_struct_fps, gen_comp_fps, ref_struct_fps, ref_comp_fps, struct_cutoff, comp_cutoff,
+            comp_scaler=comp_scaler,
         )
     else:  # nothing to compare: nothing covered, and COV-P is 0/0
         cov_r, cov_p = 0.0, float("nan")
@@ -499,4 +551,5 @@ def evaluate_generation(
         "cov_precision": cov_p,
         "wdist_density": wasserstein_density(valid_structures, reference),
         "wdist_num_elems": wasserstein_num_elements(valid_structures, reference),
+        "comp_scaler": comp_scaler,
     }

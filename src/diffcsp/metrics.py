@@ -1,14 +1,32 @@
-"""CSP metrics (SPEC §7): structural validity, StructureMatcher match rate and RMSE, over k samples.
+"""CSP metrics (SPEC §7): validity, StructureMatcher match rate and RMSE, over k samples.
 
-The protocol follows CDVAE/DiffCSP:
+The protocol follows the DiffCSP authors' evaluation script (``scripts/compute_metrics.py`` of
+jiaor17/DiffCSP, built on CDVAE's), with a choice of *validity rule* (:data:`RULES`):
 
-* a sample is *valid* when every periodic interatomic distance exceeds 0.5 Å and the cell volume
-  exceeds 0.1 Å³ (CDVAE's ``structure_validity``);
+* ``"official"`` (the default; the rule behind the published numbers): a crystal is *valid*
+  when it is structurally valid (every periodic interatomic distance exceeds 0.5 Å and the cell
+  volume exceeds 0.1 Å³, CDVAE's ``structure_validity``), its composition passes SMACT's
+  charge-neutrality and Pauling electronegativity test (CDVAE's ``smact_validity``) and its
+  CrystalNN fingerprint can be computed. With one sample (their ``RecEval``) a pair counts only
+  when prediction *and* ground truth are valid; with k > 1 samples (their ``RecEvalBatch``) a
+  sample can match only if it is valid -- the ground truth is not checked there. In CSP the
+  samples have the ground truth's composition, so a composition failing SMACT (Perov-5's test
+  split has 53, e.g. CsKO3) is never matched either way.
+* ``"structure"``: structural validity of the sample only; the ground truth is never checked.
+
+Then, under either rule:
+
 * a valid sample *matches* its ground truth when
   ``StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3).get_rms_dist(sample, gt)`` is not None; its
   RMSE is the first returned value (RMS displacement normalised by ``(V/N)^(1/3)``);
 * with k samples a crystal is matched when any sample matches, and its RMSE is the smallest among
   the matching samples.
+
+The SMACT test and the fingerprint are :func:`diffcsp.gen_metrics.smact_validity` and
+:func:`diffcsp.gen_metrics.structure_fingerprint` (one definition for CSP and generation).
+Fingerprinting is the expensive part of the official rule (~0.2 s for a 5-atom Perov-5 cell,
+~0.5 s for Carbon-24), so it runs in the same worker processes as the matching and only for
+crystals that passed the cheap checks.
 
 StructureMatcher can run for minutes on pathological pairs (huge numbers of candidate lattices),
 so every match is bounded by a wall-clock limit implemented with ``SIGALRM``: the crystals are
@@ -36,6 +54,7 @@ from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Structure
 from tqdm.auto import tqdm
 
+from diffcsp.errors import DependencyError
 from diffcsp.fileio import atomic_write
 from diffcsp.parallel import mp_context
 from diffcsp.predictions import Predictions, dict_to_structure, structure_to_dict
@@ -46,6 +65,39 @@ StructureLike = Union[Structure, dict[str, Any]]
 CrystalInput = tuple[str, str, StructureLike, Sequence[StructureLike]]
 
 MATCHER_KWARGS: dict[str, float] = {"stol": 0.5, "angle_tol": 10, "ltol": 0.3}
+
+#: Validity rules; the first is the default. See the module docstring.
+RULES = ("official", "structure")
+
+#: One-paragraph description of each rule, for reports and ``diffcsp evaluate --help``.
+RULE_DESCRIPTIONS: dict[str, str] = {
+    "official": (
+        "the DiffCSP authors' rule (their scripts/compute_metrics.py): a crystal is valid when all "
+        "interatomic distances exceed 0.5 Å and its volume 0.1 Å³, its composition passes SMACT's "
+        "charge-neutrality and Pauling electronegativity test, and its CrystalNN fingerprint can be "
+        "computed; with k = 1 a pair counts only if prediction and ground truth are both valid, with "
+        "k > 1 only valid samples can match"
+    ),
+    "structure": (
+        "structural validity only (all interatomic distances > 0.5 Å, volume > 0.1 Å³) of the "
+        "prediction; the ground truth is not checked"
+    ),
+}
+
+
+def check_rule(rule: str) -> None:
+    """Raise a one-line error for an unknown rule, or when the official rule's libraries are missing."""
+    if rule not in RULES:
+        raise ValueError(f"unknown validity rule {rule!r}; choose one of: {', '.join(RULES)}")
+    if rule == "official":
+        import importlib.util
+
+        missing = [name for name in ("smact", "matminer") if importlib.util.find_spec(name) is None]
+        if missing:
+            raise DependencyError(
+                f"the official metric rule needs {' and '.join(missing)}: pip install 'diffcsp[gen]' "
+                "(or evaluate with --rule structure)"
+            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -77,6 +129,27 @@ def is_structurally_valid(structure: Structure, cutoff: float = 0.5, min_volume:
         return bool(dist.min() > cutoff)
     except Exception:
         return False
+
+
+def is_valid(structure: Structure, rule: str = "official") -> bool:
+    """Validity of one crystal under ``rule`` (see :data:`RULES`), cheapest check first.
+
+    The official rule's three conditions are checked in order of cost (structure, SMACT,
+    fingerprint); the answer is the same as checking all three, as the authors' code does.
+    """
+    if not is_structurally_valid(structure):
+        return False
+    if rule == "structure":
+        return True
+    # Imported here: gen_metrics imports this module (is_structurally_valid).
+    from diffcsp.gen_metrics import smact_validity, structure_fingerprint
+
+    try:
+        if not smact_validity(structure.composition):
+            return False
+    except Exception:
+        return False
+    return structure_fingerprint(structure) is not None
 
 
 def make_matcher() -> StructureMatcher:
@@ -202,7 +275,14 @@ def rms_distance_limited(
 
 @dataclass
 class CrystalResult:
-    """Per-crystal outcome. ``sample_rmse[i]`` is None when sample i is invalid or unmatched."""
+    """Per-crystal outcome under ``rule``.
+
+    ``sample_valid[i]`` is sample i's validity under the rule; ``sample_rmse[i]`` is None when
+    sample i is invalid or unmatched (the ground truth's validity is *not* folded in: the
+    official rule requires it for k = 1 only, see :attr:`matched_k1`). ``gt_valid`` is the
+    ground truth's validity under the rule; ``comp_valid`` the SMACT result of its composition
+    (None when the rule does not look at it).
+    """
 
     id: str
     formula: str
@@ -211,21 +291,28 @@ class CrystalResult:
     sample_rmse: list[float | None]
     timeouts: int = 0
     gt_valid: bool = True
+    rule: str = "official"
+    comp_valid: bool | None = None
 
     @property
     def matched_k1(self) -> bool:
-        return bool(self.sample_rmse) and self.sample_rmse[0] is not None
+        """First sample matched; under the official rule the ground truth must be valid too."""
+        if not self.sample_rmse or self.sample_rmse[0] is None:
+            return False
+        return self.gt_valid or self.rule != "official"
 
     @property
     def rmse_k1(self) -> float | None:
-        return self.sample_rmse[0] if self.sample_rmse else None
+        return self.sample_rmse[0] if self.matched_k1 else None
 
     @property
     def valid_k1(self) -> bool:
         return bool(self.sample_valid) and self.sample_valid[0]
 
     def matched_first(self, k: int) -> bool:
-        """Whether any of the first ``k`` samples matches."""
+        """Whether any of the first ``k`` samples matches (k = 1: :attr:`matched_k1`'s pair rule)."""
+        if k == 1:
+            return self.matched_k1
         return any(r is not None for r in self.sample_rmse[:k])
 
     @property
@@ -234,6 +321,8 @@ class CrystalResult:
 
     @property
     def rmse_k(self) -> float | None:
+        if self.n_samples == 1:
+            return self.rmse_k1
         values = [r for r in self.sample_rmse if r is not None]
         return min(values) if values else None
 
@@ -254,13 +343,15 @@ class CrystalResult:
             "rmse_k1": self.rmse_k1,
             "valid_k1": self.valid_k1,
             "gt_valid": self.gt_valid,
+            "comp_valid": self.comp_valid,
             "timeouts": self.timeouts,
+            "rule": self.rule,
         }
 
 
 CSV_COLUMNS = [
     "id", "formula", "n_samples", "matched", "rmse", "valid",
-    "matched_k1", "rmse_k1", "valid_k1", "gt_valid", "timeouts",
+    "matched_k1", "rmse_k1", "valid_k1", "gt_valid", "comp_valid", "timeouts", "rule",
 ]  # fmt: skip
 
 
@@ -274,13 +365,19 @@ class CSPReport:
     """Results of :func:`evaluate_csp`: one :class:`CrystalResult` per test crystal, in input order."""
 
     rows: list[CrystalResult] = field(default_factory=list)
+    rule: str = "official"
 
     @property
     def timeouts(self) -> int:
         return sum(r.timeouts for r in self.rows)
 
     def summary(self) -> dict[str, Any]:
-        """Headline metrics. Rates are over all crystals (SPEC §7); RMSEs over matched crystals only."""
+        """Headline metrics under ``rule``. Rates are over all crystals; RMSEs over matched crystals only.
+
+        ``match_rate``/``rmse``/``valid_rate`` use the first sample (k = 1 pair rule);
+        ``*_k`` use all samples (the k-sample rule; equal to the k = 1 values for one sample).
+        ``gt_valid_rate``: ground truths valid under the rule.
+        """
         n = len(self.rows)
         k = max((r.n_samples for r in self.rows), default=0)
         all_valid = [v for r in self.rows for v in r.sample_valid]
@@ -293,11 +390,17 @@ class CSPReport:
             "match_rate_k": (sum(r.matched_k for r in self.rows) / n) if n else 0.0,
             "rmse_k": _mean(r.rmse_k for r in self.rows if r.rmse_k is not None),
             "valid_rate_k": (sum(all_valid) / len(all_valid)) if all_valid else 0.0,
+            "gt_valid_rate": (sum(r.gt_valid for r in self.rows) / n) if n else 0.0,
             "timeouts": self.timeouts,
+            "rule": self.rule,
         }
 
     def match_rate_curve(self, ks: Iterable[int]) -> list[tuple[int, float]]:
-        """Any-of-first-k match rate for each k (crystals with fewer samples use all they have)."""
+        """Any-of-first-k match rate for each k (crystals with fewer samples use all they have).
+
+        k = 1 follows the one-sample rule (:attr:`CrystalResult.matched_k1`), so the curve starts
+        at ``match_rate``.
+        """
         n = len(self.rows)
         return [(int(k), (sum(r.matched_first(int(k)) for r in self.rows) / n) if n else 0.0) for k in ks]
 
@@ -331,18 +434,39 @@ def _to_structure(s: StructureLike) -> Structure | None:
         return None
 
 
+def _comp_valid(structure: Structure | None) -> bool | None:
+    """SMACT validity of a structure's composition (None without a structure)."""
+    from diffcsp.gen_metrics import smact_validity
+
+    if structure is None:
+        return None
+    try:
+        return smact_validity(structure.composition)
+    except Exception:
+        return False
+
+
 def _evaluate_crystal(
-    cid: str, formula: str, gt: StructureLike, samples: Sequence[StructureLike], timeout: float | None
+    cid: str,
+    formula: str,
+    gt: StructureLike,
+    samples: Sequence[StructureLike],
+    timeout: float | None,
+    rule: str = "official",
 ) -> CrystalResult:
-    """All samples of one crystal; runs in a worker process (or inline when workers == 1)."""
+    """All samples of one crystal; runs in a worker process (or inline when workers == 1).
+
+    Valid samples are matched even when the ground truth is invalid: the official rule ignores
+    the ground truth's validity for k > 1, and :class:`CrystalResult` applies it for k = 1.
+    """
     gt_structure = _to_structure(gt)
-    gt_valid = gt_structure is not None and is_structurally_valid(gt_structure)
+    gt_valid = gt_structure is not None and is_valid(gt_structure, rule)
     valid: list[bool] = []
     rmses: list[float | None] = []
     timeouts = 0
     for sample in samples:
         structure = _to_structure(sample)
-        ok = structure is not None and is_structurally_valid(structure)
+        ok = structure is not None and is_valid(structure, rule)
         rmse: float | None = None
         if ok and gt_structure is not None:
             rmse, timed_out = rms_distance_limited(structure, gt_structure, timeout)
@@ -357,6 +481,8 @@ def _evaluate_crystal(
         sample_rmse=rmses,
         timeouts=timeouts,
         gt_valid=gt_valid,
+        rule=rule,
+        comp_valid=_comp_valid(gt_structure) if rule == "official" else None,
     )
 
 
@@ -372,18 +498,27 @@ def _worker_init() -> None:
         pass
 
 
+def _preload(rule: str) -> list[str]:
+    """Modules for the fork server to import once: matminer's takes seconds, per worker otherwise."""
+    modules = ["diffcsp.metrics", "diffcsp.gen_metrics"]
+    return modules + (["matminer.featurizers.site.fingerprint"] if rule == "official" else [])
+
+
 def evaluate_csp(
     pairs: Sequence[CrystalInput],
     workers: int | None = None,
     timeout: float | None = 60.0,
     progress: bool = True,
+    rule: str = "official",
 ) -> CSPReport:
     """Validity, match and RMSE of every sample of every crystal; rows come back in input order.
 
     ``pairs``: one ``(id, formula, ground_truth, samples)`` with structures as pymatgen Structures
     or predictions-file dicts. ``workers`` defaults to ``os.cpu_count()``; with one worker the
     work runs inline (SIGALRM works in the main thread). ``timeout`` bounds each single match.
+    ``rule``: validity rule, ``"official"`` (default) or ``"structure"`` (see :data:`RULES`).
     """
+    check_rule(rule)
     n = len(pairs)
     workers = max(1, min(workers or os.cpu_count() or 1, max(n, 1)))
     results: list[CrystalResult | None] = [None] * n
@@ -392,16 +527,18 @@ def evaluate_csp(
         if workers == 1 and _can_use_alarm():
             # Same dict encoding as the pool path, so results do not depend on the worker count.
             for i, (cid, formula, gt, samples) in enumerate(pairs):
-                results[i] = _evaluate_crystal(cid, formula, _to_dict(gt), [_to_dict(s) for s in samples], timeout)
+                results[i] = _evaluate_crystal(
+                    cid, formula, _to_dict(gt), [_to_dict(s) for s in samples], timeout, rule
+                )
                 bar.update(1)
         else:
             # (workers == 1 lands here off the main thread: a thread cannot install SIGALRM
             # handlers, a worker process's main thread can.)
-            pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp_context(["diffcsp.metrics"]), initializer=_worker_init)
+            pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp_context(_preload(rule)), initializer=_worker_init)
             try:
                 futures = {
                     pool.submit(
-                        _evaluate_crystal, cid, formula, _to_dict(gt), [_to_dict(s) for s in samples], timeout
+                        _evaluate_crystal, cid, formula, _to_dict(gt), [_to_dict(s) for s in samples], timeout, rule
                     ): i
                     for i, (cid, formula, gt, samples) in enumerate(pairs)
                 }
@@ -415,7 +552,7 @@ def evaluate_csp(
             pool.shutdown(wait=True)
     finally:
         bar.close()
-    return CSPReport(rows=[r for r in results if r is not None])
+    return CSPReport(rows=[r for r in results if r is not None], rule=rule)
 
 
 def predictions_to_crystals(preds: Predictions) -> list[CrystalInput]:
