@@ -169,8 +169,10 @@ def plan_prediction(model: DiffCSP, composition: CompositionLike, n: int, formul
         else:
             zs = np.ones(n, dtype=np.int64)
             seen = [k for k, c in enumerate(model.config.num_atoms_hist) if c]
-            notes.append(f"the model saw no cell of a whole number of {len(unit)}-atom formula units "
-                         f"(≤ {model.config.max_atoms} atoms; seen sizes: {seen}); using Z = 1")
+            tokens = Composition({Element.from_Z(z).symbol: unit.count(z) for z in set(unit)}).formula.split()
+            formula = "".join(tok[:-1] if tok[-1] == "1" and tok[-2].isalpha() else tok for tok in tokens)
+            notes.append(f"the model saw no cell holding a whole number of {formula} units ({len(unit)} atoms each, "
+                         f"up to its limit of {model.config.max_atoms}; it saw cells of {seen} atoms); using Z = 1")
     fallback = bool(notes)
     for z in sorted(set(zs.tolist())):
         for note in check_supported(model, sorted(unit * z)):
@@ -301,8 +303,10 @@ def write_symmetrized_cif(structure: Structure, path: str | Path, symprec: float
 def plot_structure(structure: Structure, path: str | Path, title: str = "") -> Path:
     """PNG of the unit cell (dashed) and its atoms coloured by element (Jmol colours), with a key.
 
-    Atoms on a cell face, edge or corner are drawn at every periodic image inside the cell, so a
-    cubic perovskite looks like the textbook picture rather than one corner atom.
+    For a readable picture the origin is put on an atom of the rarest (then heaviest) element —
+    a periodic translation, so the crystal is the same — and atoms within 0.02 (fractional) of a
+    cell face, edge or corner are drawn at every periodic image on the cell's boundary: a cubic
+    perovskite then looks like the textbook picture rather than five atoms scattered in a box.
     """
     import matplotlib
 
@@ -316,11 +320,14 @@ def plot_structure(structure: Structure, path: str | Path, title: str = "") -> P
 
     from diffcsp.fileio import atomic_write
 
-    tol = 1e-3
+    tol = 0.02
+    counts = structure.composition.element_composition
+    anchor = min(range(len(structure)), key=lambda i: (counts[structure[i].specie.symbol], -structure[i].specie.Z))
+    origin = structure[anchor].frac_coords
     numbers, frac = [], []
     for site in structure:
-        f = np.mod(site.frac_coords, 1.0)
-        f[f > 1 - tol] = 0.0
+        f = np.mod(site.frac_coords - origin, 1.0)
+        f[f > 1 - tol] -= 1.0  # nearly on the far face: draw it on the near one (and its images)
         for shift in np.ndindex(2, 2, 2):
             shift = np.array(shift)
             if np.all((shift == 0) | (f < tol)):
@@ -328,7 +335,7 @@ def plot_structure(structure: Structure, path: str | Path, title: str = "") -> P
                 frac.append(f + shift)
     atoms = Atoms(numbers=numbers, scaled_positions=np.array(frac), cell=structure.lattice.matrix, pbc=True)
     fig, ax = plt.subplots(figsize=(4.6, 4.2))
-    plot_atoms(atoms, ax, rotation="-75x,-15y,0z", show_unit_cell=2, radii=0.45 * covalent_radii[atoms.numbers])
+    plot_atoms(atoms, ax, rotation="-80x,-25y,0z", show_unit_cell=2, radii=0.35 * covalent_radii[atoms.numbers])
     ax.set_axis_off()
     elements = sorted({site.specie.Z for site in structure})
     ax.legend(handles=[Patch(facecolor=jmol_colors[z], edgecolor="black", label=Element.from_Z(z).symbol) for z in elements],
