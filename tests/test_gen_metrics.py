@@ -1,4 +1,4 @@
-"""Ab initio generation metrics on small hand-made crystals (SPEC §7)."""
+"""Ab initio generation metrics on small hand-made crystals (docs/method.md, "Evaluation")."""
 
 from __future__ import annotations
 

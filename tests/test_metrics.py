@@ -479,3 +479,25 @@ def test_evaluate_cli_reports_the_rule(tmp_path) -> None:
             assert {row["rule"] for row in csv.DictReader(handle)} == {rule or "official"}
     res = runner.invoke(app, ["evaluate", str(path), "--rule", "loose"])
     assert res.exit_code == 1 and "error: unknown validity rule 'loose'" in res.output
+
+
+def test_official_rule_without_smact_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """Without the optional libraries the default rule stops with one line saying what to install."""
+    import importlib.util
+
+    from typer.testing import CliRunner
+
+    from diffcsp.cli import app
+    from diffcsp.errors import DependencyError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "smact" else real(name, *a))
+    with pytest.raises(DependencyError, match=r"needs smact: pip install 'diffcsp\[gen\]' \(or evaluate with --rule structure\)"):
+        evaluate_csp([("s", "SrTiO3", srtio3(), [srtio3()])], workers=1, progress=False)
+    assert evaluate_csp([("s", "SrTiO3", srtio3(), [srtio3()])], workers=1, progress=False,
+                        rule="structure").summary()["match_rate"] == 1.0  # fmt: skip
+    preds = Predictions(task="csp", dataset="perov_5", split="test", num_samples=1, crystals=[
+        {"id": "s", "formula": "SrTiO3", "ground_truth": structure_to_dict(srtio3()), "samples": [structure_to_dict(srtio3())]}])  # fmt: skip
+    res = CliRunner().invoke(app, ["evaluate", str(preds.save(tmp_path / "p.json.gz"))])
+    assert res.exit_code == 1 and "error: the official metric rule needs smact" in res.output
+    assert "Traceback" not in res.output

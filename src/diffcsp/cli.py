@@ -432,7 +432,7 @@ def evaluate_cmd(
                 raise ValueError(f"unknown --comp-scaler {comp_scaler!r}; choose one of: {', '.join(COMP_SCALERS)}")
             info = get_dataset(preds.dataset)
             if info.coverage_cutoffs is None:
-                raise ValueError(f"SPEC gives no coverage cut-offs for {preds.dataset}")
+                raise ValueError(f"no coverage cut-offs are defined for {preds.dataset}")
             reference = load_split(preds.dataset, preds.split, data_dir)
             if reference_limit:
                 import numpy as np

@@ -1,4 +1,4 @@
-"""Ab initio generation metrics (SPEC §7): validity, coverage and property statistics.
+"""Ab initio generation metrics (docs/method.md, "Evaluation"): validity, coverage and property statistics.
 
 The definitions follow CDVAE's ``scripts/eval_utils.py`` / ``compute_metrics.py``, which the
 DiffCSP paper reuses, so that numbers are comparable with the published tables:
@@ -148,7 +148,7 @@ def smact_validity(composition: Composition) -> bool:
 
 
 def structural_validity(structure: Structure, cutoff: float = 0.5, min_volume: float = 0.1) -> bool:
-    """SPEC §7 structural validity; delegates to :func:`diffcsp.metrics.is_structurally_valid`.
+    """Structural validity (distances > 0.5 Å, volume > 0.1 Å³); delegates to :func:`diffcsp.metrics.is_structurally_valid`.
 
     One definition shared with CSP evaluation, so the two tasks can never disagree on it.
     """
@@ -483,7 +483,7 @@ def evaluate_generation(
     coverage_on: str = "all",
     comp_scaler: str = "cdvae",
 ) -> dict[str, Any]:
-    """SPEC §7 ab initio metrics of ``generated`` against ``reference`` (the test split).
+    """Ab initio generation metrics of ``generated`` against ``reference`` (the test split).
 
     Returns ``n``, ``struct_valid``, ``comp_valid``, ``valid`` (fractions of all generated),
     ``cov_recall``, ``cov_precision``, ``wdist_density``, ``wdist_num_elems``, and

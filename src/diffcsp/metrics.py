@@ -1,4 +1,4 @@
-"""CSP metrics (SPEC §7): validity, StructureMatcher match rate and RMSE, over k samples.
+"""CSP metrics (docs/method.md, "Evaluation"): validity, StructureMatcher match rate and RMSE, over k samples.
 
 The protocol follows the DiffCSP authors' evaluation script (``scripts/compute_metrics.py`` of
 jiaor17/DiffCSP, built on CDVAE's), with a choice of *validity rule* (:data:`RULES`):
