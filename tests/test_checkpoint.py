@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import struct
 import subprocess
@@ -17,6 +18,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -140,12 +142,43 @@ def test_files_that_are_not_diffcsp_checkpoints(tmp_path: Path):
     torch.save(torch.ones(3), tensor)
     with pytest.raises(CheckpointError, match="not a diffcsp training checkpoint"):
         load_model(tensor)
+    foreign = tmp_path / "numpy.ckpt"
+    torch.save({"hyper_parameters": {"model_config": {}}, "state_dict": {}, "rng": np.zeros(3)}, foreign)
+    with pytest.raises(CheckpointError, match="other than tensors"):
+        load_model(foreign)
     text = tmp_path / "notes.ckpt"
     text.write_text("these are my notes, not a model\n")
     with pytest.raises(CheckpointError, match="damaged or unreadable"):
         load_model(text)
     res = cli("predict", "SrTiO3", "-n", "1", "-c", str(text), "--out", str(tmp_path / "out"))
     assert_one_error_line(res, "notes.ckpt")
+
+
+class _Payload:
+    """Unpickling this runs os.mkdir(marker): what a malicious checkpoint could do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.marker),))
+
+
+@pytest.mark.parametrize("writer", ["torch", "pickle"])
+def test_checkpoint_code_is_never_run(tmp_path: Path, writer: str):
+    marker = tmp_path / "code-was-run"
+    evil = tmp_path / "evil.ckpt"
+    payload = {"hyper_parameters": {"model_config": {}}, "state_dict": {}, "x": _Payload(marker)}
+    if writer == "torch":
+        torch.save(payload, evil)
+    else:
+        evil.write_bytes(pickle.dumps(payload))
+    with pytest.raises(CheckpointError):
+        load_model(evil)
+    assert not marker.exists()
+    res = cli("predict", "SrTiO3", "-n", "1", "-c", str(evil), "--out", str(tmp_path / "out"))
+    assert_one_error_line(res, "evil.ckpt")
+    assert not marker.exists() and "Warning" not in res.stderr
 
 
 # -- what must load ------------------------------------------------------------------------------

@@ -25,7 +25,6 @@ import pickle
 import shutil
 import tempfile
 import warnings
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -270,11 +269,29 @@ def _load_exported(weights: Path, config_path: Path) -> DiffCSP:
 
 
 def read_lightning_checkpoint(path: Path) -> dict[str, Any]:
-    """torch.load a Lightning checkpoint, turning every failure into a CheckpointError."""
+    """torch.load a Lightning checkpoint, turning every failure into a CheckpointError.
+
+    ``weights_only=True``: a checkpoint is a pickle, and unpickling arbitrary objects runs
+    whatever code the file names, so only tensors and plain data are accepted. diffcsp's
+    training stores nothing else (its RNG states are tensors); a file holding other objects is
+    refused rather than trusted.
+    """
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: damaged or unreadable checkpoint ({type(exc).__name__}: {exc})") from None
+        with warnings.catch_warnings():  # torch notes unusual pickle protocols of foreign files
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if str(exc).startswith("Weights only load failed"):
+            raise CheckpointError(f"{path}: not a diffcsp checkpoint (it holds Python objects other than tensors and "
+                                  "plain data, which are not unpickled for safety)") from None
+        raise CheckpointError(f"{path}: damaged or unreadable checkpoint (UnpicklingError: {_one_line(exc)})") from None
+    except Exception as exc:  # noqa: BLE001 — garbage makes the unpickler fail in many ways (IndexError, EOFError, …)
+        raise CheckpointError(f"{path}: damaged or unreadable checkpoint ({type(exc).__name__}: {_one_line(exc)})") from None
+
+
+def _one_line(exc: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _load_lightning(path: Path) -> DiffCSP:
