@@ -1,10 +1,11 @@
 """The whole pipeline in one test: memorise a few real Perov-5 crystals, sample them back with
-the real predictor–corrector sampler, and match them with StructureMatcher (SPEC §7 settings).
+the real predictor–corrector sampler, and match them with StructureMatcher (the paper's settings).
 
 Uses the library end to end — CSV parsing, batching, the DiffCSP loss, Adam with clipping by
 value as in training, ``sampler.sample`` with all T = 1000 steps and the paper's Perov-5 corrector
 step — only with a small network, and with every batch made of copies of the same crystals so
-that a few thousand optimiser steps suffice.
+that a few thousand optimiser steps suffice. The crystals are the first rows of the bundled
+Perov-5 fixture (real data), so the test runs on a fresh clone.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import os
 import socket
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Literal
@@ -163,6 +163,7 @@ def download_dataset(
     splits: Sequence[str] = SPLITS,
     progress: bool = True,
     timeout: float = 30,
+    blob_ids: Mapping[str, str] | None = None,
 ) -> list[DownloadResult]:
     """Fetch and verify ``<dest>/<name>/<split>.csv`` for each split; stop at the first failure.
 
@@ -170,6 +171,9 @@ def download_dataset(
     A present file with a different id is replaced only by a download that verifies; if the
     download fails, the old file is left untouched (it may be the user's own data).
     Raises DownloadError, with a one-line message, for every failure.
+
+    ``blob_ids`` (split → id) replaces the registry's ids, for a mirror serving other files whose
+    ids the caller has checked itself (a newer upstream release, the test suite's small fixture).
     """
     try:
         info = get_dataset(name)
@@ -179,18 +183,19 @@ def download_dataset(
         raise DownloadError(
             f"dataset {name!r} has no public download source (it exists only on the project's machines)"
         )
+    expected_ids = dict(info.blob_ids if blob_ids is None else blob_ids)
     if isinstance(splits, str):  # a lone "val" would otherwise iterate as "v", "a", "l"
         splits = (splits,)
     for split in splits:
         if split not in SPLITS:
             raise DownloadError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
-        if split not in info.blob_ids:
-            raise DownloadError(f"the registry records no blob id for {name}/{split}.csv")
+        if split not in expected_ids:
+            raise DownloadError(f"no expected blob id for {name}/{split}.csv")
 
     root = Path(dest) if dest is not None else default_data_dir()
     results: list[DownloadResult] = []
     for split in splits:
-        expected = info.blob_ids[split]
+        expected = expected_ids[split]
         target = root / name / f"{split}.csv"
         label = f"{name}/{split}.csv"
         if target.is_file():
