@@ -176,9 +176,10 @@ def test_checkpoint_code_is_never_run(tmp_path: Path, writer: str):
     with pytest.raises(CheckpointError):
         load_model(evil)
     assert not marker.exists()
-    res = cli("predict", "SrTiO3", "-n", "1", "-c", str(evil), "--out", str(tmp_path / "out"))
-    assert_one_error_line(res, "evil.ckpt")
-    assert not marker.exists() and "Warning" not in res.stderr
+    if writer == "torch":  # the CLI path once is enough
+        res = cli("predict", "SrTiO3", "-n", "1", "-c", str(evil), "--out", str(tmp_path / "out"))
+        assert_one_error_line(res, "evil.ckpt")
+        assert not marker.exists() and "Warning" not in res.stderr
 
 
 # -- what must load ------------------------------------------------------------------------------
