@@ -25,6 +25,7 @@ except ImportError:  # `make test` installs the relax extra; CI must not silentl
 
 from diffcsp.cli import app
 from diffcsp.metrics import evaluate_predictions
+from diffcsp.predict import describe
 from diffcsp.predictions import Predictions, structure_to_dict
 from diffcsp.relax import (CONVERGED, DIVERGED, FAILED, INVALID, UNCONVERGED, load_potential, output_paths, rank_results,
                            relax_and_rank, relax_structures, top1_by_energy)
@@ -182,3 +183,15 @@ def test_relax_cli_rejects_bad_input(tmp_path):
     assert res.exit_code == 1 and "error:" in res.output and "Traceback" not in res.output
     res = CliRunner().invoke(app, ["relax", str(_tiny_predictions().save(tmp_path / "p.json.gz")), "--fmax", "0"])
     assert res.exit_code == 1 and "fmax" in res.output
+
+
+def test_symprec_relaxes_within_the_space_group():
+    rng = np.random.default_rng(3)
+    cube = srtio3(4.0)
+    lattice = Lattice(cube.lattice.matrix @ (np.eye(3) + 0.004 * rng.normal(size=(3, 3))))
+    cart = lattice.get_cartesian_coords(cube.frac_coords) + rng.normal(0, 0.01, (5, 3))
+    start = Structure(lattice, cube.species, cart, coords_are_cartesian=True)
+    [r] = relax_structures([start], fmax=0.05, steps=100, workers=1, progress=False, symprec=0.1)
+    assert r.status == CONVERGED, r.message
+    assert describe(r.structure, symprec=1e-3)["spacegroup"] == "Pm-3m (221)"  # exact cube, not just within 0.1 Å
+    assert r.structure.site_properties == {}

@@ -327,6 +327,7 @@ def generate_cmd(
 
 Fmax = Annotated[float, typer.Option("--fmax", help="Relaxation converges when every force (and cell force) is below this, eV/Å.")]
 RelaxSteps = Annotated[int, typer.Option("--relax-steps", help="Most optimiser steps per relaxation; one that needs more is kept as 'unconverged'.")]
+RelaxSymprec = Annotated[Optional[float], typer.Option("--symprec", help="Relax each structure within the space group spglib finds at this tolerance in Å (ASE FixSymmetry); default: unconstrained.", show_default=False)]
 
 
 @app.command("relax")
@@ -335,6 +336,7 @@ def relax_cmd(
     out: Annotated[Optional[Path], typer.Option("--out", help="Relaxed predictions file (default: NAME.relaxed.json.gz next to the input).", show_default=False)] = None,
     fmax: Fmax = 0.05,
     relax_steps: RelaxSteps = 500,
+    symprec: RelaxSymprec = None,
     workers: Annotated[Optional[int], typer.Option("--workers", help="Worker processes, one torch thread each (default: all cores).")] = None,
 ) -> None:
     """Relax every sample with CHGNet and pick each crystal's lowest-energy sample.
@@ -354,7 +356,7 @@ def relax_cmd(
             stem = predictions.name.removesuffix(".gz").removesuffix(".json")
             out = predictions.with_name(f"{stem}.relaxed.json.gz")
         try:
-            relaxed = relax_predictions(preds, fmax=fmax, steps=relax_steps, workers=workers)
+            relaxed = relax_predictions(preds, fmax=fmax, steps=relax_steps, workers=workers, symprec=symprec)
         except ImportError as exc:
             raise ValueError(str(exc)) from None
         relaxed.meta["relaxed_from"] = str(predictions)

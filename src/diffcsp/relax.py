@@ -126,11 +126,15 @@ def _finite(x: Any) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def relax_one(crystal: dict[str, Any] | None, fmax: float = 0.05, steps: int = 500, index: int = 0) -> dict[str, Any]:
+def relax_one(crystal: dict[str, Any] | None, fmax: float = 0.05, steps: int = 500, index: int = 0,
+              symprec: float | None = None) -> dict[str, Any]:
     """Relax one structure (predictions-file dict) and return a picklable result dict.
 
     Never raises for a bad structure: the ``status`` says what happened. ``None`` (a sample the
-    sampler could not produce) is reported as failed.
+    sampler could not produce) is reported as failed. With ``symprec`` the structure is first
+    snapped onto the space group spglib finds at that tolerance (Å) and relaxed within it (ASE's
+    ``FixSymmetry``): a high-symmetry sample then cannot slide into a lower-symmetry minimum —
+    useful when the question is "which of these space groups", as in the Perov-5 benchmark.
     """
     from diffcsp.metrics import is_structurally_valid
 
@@ -153,6 +157,12 @@ def relax_one(crystal: dict[str, Any] | None, fmax: float = 0.05, steps: int = 5
         from pymatgen.io.ase import AseAtomsAdaptor
 
         atoms = AseAtomsAdaptor.get_atoms(structure)
+        if symprec:
+            from ase.constraints import FixSymmetry
+            from ase.spacegroup.symmetrize import refine_symmetry
+
+            refine_symmetry(atoms, symprec=symprec)
+            atoms.set_constraint(FixSymmetry(atoms, symprec=symprec))
         atoms.calc = load_potential()
         n = len(atoms)
         optimizer = FIRE(FrechetCellFilter(atoms), logfile=None)
@@ -175,6 +185,7 @@ def relax_one(crystal: dict[str, Any] | None, fmax: float = 0.05, steps: int = 5
                 if not converged:
                     out["message"] = f"not converged to fmax={fmax} in {steps} steps"
         out["steps"] = int(optimizer.nsteps)
+        atoms.set_constraint()  # the structure adaptor copies constraints into site properties
         final = AseAtomsAdaptor.get_structure(atoms)
         out["crystal"] = structure_to_dict(final)
         if out["status"] in RANKABLE:
@@ -216,12 +227,13 @@ def _worker_init() -> None:
 
 
 def relax_structures(structures: Sequence[Structure | dict[str, Any] | None], fmax: float = 0.05, steps: int = 500,
-                     workers: int | None = None, progress: bool = True) -> list[RelaxResult]:
+                     workers: int | None = None, progress: bool = True, symprec: float | None = None) -> list[RelaxResult]:
     """Relax every structure (cell + positions); results in input order, failures as statuses.
 
     ``workers`` defaults to the number of cores (at most one per structure). With one worker the
     relaxations run in this process, reusing its already loaded potential; otherwise in fresh
-    (forkserver/spawn) processes, each loading the potential once.
+    (forkserver/spawn) processes, each loading the potential once. ``symprec``: relax within the
+    space group found at this tolerance (see :func:`relax_one`); default: unconstrained.
     """
     if fmax <= 0 or steps < 1:
         raise ValueError(f"fmax must be > 0 and steps ≥ 1 (got fmax={fmax}, steps={steps})")
@@ -234,14 +246,14 @@ def relax_structures(structures: Sequence[Structure | dict[str, Any] | None], fm
         if workers == 1:
             load_potential()
             for i, crystal in enumerate(crystals):
-                raw[i] = relax_one(crystal, fmax, steps, i)
+                raw[i] = relax_one(crystal, fmax, steps, i, symprec)
                 bar.update(1)
         else:
             methods = multiprocessing.get_all_start_methods()
             ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
             pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init)
             try:
-                futures = {pool.submit(relax_one, c, fmax, steps, i): i for i, c in enumerate(crystals)}
+                futures = {pool.submit(relax_one, c, fmax, steps, i, symprec): i for i, c in enumerate(crystals)}
                 for future in as_completed(futures):
                     i = futures[future]
                     try:
@@ -309,9 +321,10 @@ def rank_results(results: Sequence[RelaxResult], matcher: StructureMatcher | Non
 
 
 def relax_and_rank(structures: Sequence[Structure], fmax: float = 0.05, steps: int = 500, workers: int | None = None,
-                   progress: bool = False) -> list[RankedCandidate]:
+                   progress: bool = False, symprec: float | None = None) -> list[RankedCandidate]:
     """Relax every structure and return the distinct results ranked by energy per atom."""
-    return rank_results(relax_structures(structures, fmax=fmax, steps=steps, workers=workers, progress=progress))
+    return rank_results(relax_structures(structures, fmax=fmax, steps=steps, workers=workers, progress=progress,
+                                         symprec=symprec))
 
 
 def write_ranked(candidates: Sequence[RankedCandidate], results: Sequence[RelaxResult], out_dir: str | Path, stem: str,
@@ -366,7 +379,7 @@ def write_ranked(candidates: Sequence[RankedCandidate], results: Sequence[RelaxR
 
 
 def relax_predictions(preds: Predictions, fmax: float = 0.05, steps: int = 500, workers: int | None = None,
-                      progress: bool = True) -> Predictions:
+                      progress: bool = True, symprec: float | None = None) -> Predictions:
     """Relax every sample of a CSP predictions file; a new file whose samples are the relaxed ones.
 
     Each sample dict keeps the usual keys (the relaxed structure, so ``diffcsp evaluate`` scores
@@ -378,7 +391,7 @@ def relax_predictions(preds: Predictions, fmax: float = 0.05, steps: int = 500, 
         raise ValueError(f"relaxation of benchmark predictions needs a 'csp' file, got task {preds.task!r}")
     flat = [s for c in preds.crystals for s in c["samples"]]
     start = time.perf_counter()
-    results = relax_structures(flat, fmax=fmax, steps=steps, workers=workers, progress=progress)
+    results = relax_structures(flat, fmax=fmax, steps=steps, workers=workers, progress=progress, symprec=symprec)
     seconds = time.perf_counter() - start
     crystals, i = [], 0
     for c in preds.crystals:
@@ -394,7 +407,7 @@ def relax_predictions(preds: Predictions, fmax: float = 0.05, steps: int = 500, 
             samples.append(relaxed)
         crystals.append({**c, "samples": samples})
     statuses = {s: sum(r.status == s for r in results) for s in (CONVERGED, UNCONVERGED, DIVERGED, FAILED, INVALID)}
-    meta = {**preds.meta, "relax": {**potential_info(), "fmax": fmax, "steps": steps, "seconds": round(seconds, 1),
+    meta = {**preds.meta, "relax": {**potential_info(), "fmax": fmax, "steps": steps, "symprec": symprec, "seconds": round(seconds, 1),
                                     "seconds_per_relaxation": round(sum(r.seconds for r in results) / max(len(results), 1), 3),
                                     "statuses": statuses}}
     return Predictions(preds.task, preds.dataset, preds.split, preds.num_samples, meta=meta, crystals=crystals)
