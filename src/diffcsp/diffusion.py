@@ -14,9 +14,13 @@ are exactly the formulas of SPEC §6.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
+
+#: a bound on the predicted clean sample x̂_0: an entry-wise bound, a function, or none
+X0Clip = float | Callable[[torch.Tensor], torch.Tensor] | None
 
 
 def cosine_betas(timesteps: int, s: float = 0.008) -> torch.Tensor:
@@ -43,18 +47,25 @@ class CosineDDPM(nn.Module):
         ab = self.alpha_bars[t].view(-1, *([1] * (x0.dim() - 1)))
         return ab.sqrt() * x0 + (1 - ab).sqrt() * eps
 
+    def predict_x0(self, x_t: torch.Tensor, eps_hat: torch.Tensor, t: int, clip_x0: X0Clip = None) -> torch.Tensor:
+        """x̂_0 = (x_t − √(1−ᾱ_t) ε̂)/√ᾱ_t, optionally bounded (see :meth:`reverse_step`)."""
+        ab_t = self.alpha_bars[t]
+        x0 = (x_t - (1 - ab_t).sqrt() * eps_hat) / ab_t.sqrt()
+        return _apply_clip(x0, clip_x0)
+
     def reverse_step(self, x_t: torch.Tensor, eps_hat: torch.Tensor, t: int, s: int, z: torch.Tensor | None,
-                     clip_x0: float | None = None) -> torch.Tensor:
+                     clip_x0: X0Clip = None) -> torch.Tensor:
         """One ancestral step from t to s < t given the predicted noise.
 
         With ᾱ_{t|s} = ᾱ_t/ᾱ_s and β = 1 − ᾱ_{t|s}: mean = (x_t − β/√(1−ᾱ_t)·ε̂)/√ᾱ_{t|s},
-        variance = β(1−ᾱ_s)/(1−ᾱ_t). For s = t−1 this is SPEC §6's predictor.
+        variance = β(1−ᾱ_s)/(1−ᾱ_t). For s = t−1 this is the paper's predictor.
 
         ``clip_x0``: near t = T (β_T = 0.9999) the formula multiplies the error of ε̂ by
         β/√(α(1−ᾱ)) ≈ 100, so an imperfect network can throw the lattice to hundreds of Å in the
         first step. With a bound, the same mean is computed in its equivalent x̂_0 form,
-        mean = √ᾱ_s β/(1−ᾱ_t)·x̂_0 + √ᾱ_{t|s}(1−ᾱ_s)/(1−ᾱ_t)·x_t, with x̂_0 clamped to
-        [−clip_x0, clip_x0] (the "clipped x̂_0" of Ho et al. 2020). Where x̂_0 is in range the
+        mean = √ᾱ_s β/(1−ᾱ_t)·x̂_0 + √ᾱ_{t|s}(1−ᾱ_s)/(1−ᾱ_t)·x_t, with x̂_0 bounded (the
+        "clipped x̂_0" of Ho et al. 2020): a float clamps every entry to [−b, b], a callable
+        such as :func:`clamp_row_norms` is applied to x̂_0. Where x̂_0 is within the bound the
         result equals the unclipped formula.
         """
         ab_t, ab_s = self.alpha_bars[t], self.alpha_bars[s]
@@ -63,12 +74,47 @@ class CosineDDPM(nn.Module):
         if clip_x0 is None:
             mean = (x_t - beta / (1 - ab_t).sqrt() * eps_hat) / alpha.sqrt()
         else:
-            x0 = ((x_t - (1 - ab_t).sqrt() * eps_hat) / ab_t.sqrt()).clamp(-clip_x0, clip_x0)
+            x0 = self.predict_x0(x_t, eps_hat, t, clip_x0)
             mean = (ab_s.sqrt() * beta * x0 + alpha.sqrt() * (1 - ab_s) * x_t) / (1 - ab_t)
         if z is None or s == 0:
             return mean
         sigma = (beta * (1 - ab_s) / (1 - ab_t)).sqrt()
         return mean + sigma * z
+
+    def ddim_step(self, x_t: torch.Tensor, eps_hat: torch.Tensor, t: int, s: int, clip_x0: X0Clip = None) -> torch.Tensor:
+        """Deterministic DDIM step (Song et al. 2021, η = 0): x_s = √ᾱ_s x̂_0 + √(1−ᾱ_s) ε̂.
+
+        It is the exact solution over [s, t] of the probability-flow ODE when ε̂ is constant in
+        the variable σ = √((1−ᾱ)/ᾱ), which is why it tolerates large steps. With a bound on
+        x̂_0, ε̂ is recomputed from the bounded x̂_0 so that both terms stay consistent.
+        """
+        ab_t, ab_s = self.alpha_bars[t], self.alpha_bars[s]
+        x0 = self.predict_x0(x_t, eps_hat, t, clip_x0)
+        if clip_x0 is not None:
+            eps_hat = (x_t - ab_t.sqrt() * x0) / (1 - ab_t).sqrt()
+        return ab_s.sqrt() * x0 + (1 - ab_s).sqrt() * eps_hat
+
+
+def _apply_clip(x0: torch.Tensor, clip_x0) -> torch.Tensor:
+    if clip_x0 is None:
+        return x0
+    if callable(clip_x0):
+        return clip_x0(x0)
+    return x0.clamp(-clip_x0, clip_x0)
+
+
+def clamp_row_norms(bound: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """x̂_0 bound for lattices: shorten any lattice vector (row) longer than ``bound`` Å.
+
+    Unlike an entry-wise clamp this commutes with rotations of the Cartesian frame
+    (L → L·Qᵀ keeps every row's length), so the sampled distribution stays O(3)-equivariant.
+    """
+
+    def clip(x0: torch.Tensor) -> torch.Tensor:
+        norms = x0.norm(dim=-1, keepdim=True)
+        return x0 * (bound / norms.clamp_min(bound))
+
+    return clip
 
 
 def wrapped_normal_direction(x: torch.Tensor, sigma: torch.Tensor, n_images: int = 10) -> torch.Tensor:
@@ -127,6 +173,16 @@ class WrappedNormalVE(nn.Module):
         """Langevin step F ← F − η ŝ + √(2η) z with η = γ (σ_t/σ_1)² (SPEC §6, step 1)."""
         eta = step_lr * (self.sigmas[t] / self.sigmas[1]) ** 2
         return (f - eta * score_dir + torch.sqrt(2 * eta) * z) % 1.0
+
+    def ddim_step(self, f: torch.Tensor, score_dir: torch.Tensor, t: int, s: int) -> torch.Tensor:
+        """Deterministic step from σ_t to σ_s: F_s = F_t − σ_t(σ_t − σ_s)·ŝ.
+
+        With the noise estimate e = σ_t ŝ this is F_s = F_t − (σ_t − σ_s)·e, i.e. x̂_0 + σ_s e:
+        DDIM for a variance-exploding process (the exact probability-flow solution when e is
+        constant in σ). ``score_dir`` is ŝ = ε̂_F·√λ_t, as for the other steps.
+        """
+        sig_t, sig_s = self.sigmas[t], self.sigmas[s]
+        return (f - sig_t * (sig_t - sig_s) * score_dir) % 1.0
 
     def predictor_step(self, f: torch.Tensor, score_dir: torch.Tensor, t: int, s: int, z: torch.Tensor | None) -> torch.Tensor:
         """Reverse-SDE step from σ_t to σ_s (SPEC §6, step 2); no noise when s = 0."""

@@ -38,7 +38,7 @@ class ModelConfig:
     max_atoms: int = 20
     #: histogram of atoms per cell in the training set (index = atom count), for generation.
     num_atoms_hist: list[int] = field(default_factory=list)
-    #: bound on |lattice matrix entries| (Å) for the sampler's clipped x̂_0 (0: use 100 Å).
+    #: bound on the lattice-vector lengths (Å) of the sampler's clipped x̂_0 (0: use 100 Å).
     lattice_bound: float = 0.0
     #: elements seen in training (atomic numbers); predict() warns outside them.
     elements: list[int] = field(default_factory=list)

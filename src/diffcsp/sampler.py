@@ -8,6 +8,7 @@ types are fixed; for generation they start as Gaussian noise and follow the latt
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from diffcsp.cspnet import NUM_ELEMENTS
+from diffcsp.diffusion import clamp_row_norms
 from diffcsp.lattice import lattice_from_params, params_from_lattice
 from diffcsp.model import DiffCSP
 
@@ -28,6 +30,13 @@ class SampleResult:
     frac_coords: np.ndarray  # (N, 3)
     lattices: np.ndarray  # (B, 3, 3), CDVAE convention rebuilt from lengths/angles
     num_atoms: np.ndarray  # (B,)
+    #: per crystal: lattice and coordinates are finite numbers (a damaged or diverging model can
+    #: return NaN/inf, which must never reach spglib or pymatgen)
+    finite: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.finite is None:
+            self.finite = np.ones(len(self.num_atoms), dtype=bool)
 
     def crystal(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(numbers, lattice, frac_coords) of crystal ``i`` — the argument order of
@@ -38,37 +47,76 @@ class SampleResult:
         return self.numbers[lo:hi], self.lattices[i], self.frac_coords[lo:hi]
 
     def structures(self) -> list:
+        """pymatgen Structures, with ``None`` in place of crystals that are not finite."""
         from pymatgen.core import Lattice, Structure
 
         out = []
         for i in range(len(self.num_atoms)):
             numbers, lattice, frac = self.crystal(i)
-            out.append(Structure(Lattice(lattice), numbers.tolist(), frac, coords_are_cartesian=False))
+            ok = bool(self.finite[i])
+            out.append(Structure(Lattice(lattice), numbers.tolist(), frac, coords_are_cartesian=False) if ok else None)
         return out
 
 
-def time_schedule(timesteps: int, steps: int | None) -> list[int]:
-    """Times visited from T down to 1 (evenly spaced when ``steps`` < T)."""
+METHODS = ("pc", "ddim", "heun")
+SCHEDULES = ("uniform", "power")
+
+
+def time_schedule(timesteps: int, steps: int | None, schedule: str = "uniform", rho: float = 2.0) -> list[int]:
+    """Times visited from T down to 1.
+
+    ``uniform``: evenly spaced (the paper's sampler when ``steps`` = T). ``power``: t_i =
+    1 + (T − 1)·u_i^ρ for evenly spaced u from 1 to 0, which spends more of a small step budget
+    at low noise, where the last digits of the structure are settled. Duplicate integer times
+    are merged, so a power grid may hold a few fewer steps than asked for.
+    """
     steps = timesteps if steps is None else steps
     if not 1 <= steps <= timesteps:
         raise ValueError(f"steps must be between 1 and {timesteps}, got {steps}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown time schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
     if steps == timesteps:
         return list(range(timesteps, 0, -1))
-    return sorted({int(round(x)) for x in np.linspace(timesteps, 1, steps)}, reverse=True)
+    if schedule == "uniform":
+        grid = np.linspace(timesteps, 1, steps)
+    else:
+        if rho <= 0:
+            raise ValueError(f"rho must be positive, got {rho}")
+        grid = 1 + (timesteps - 1) * np.linspace(1, 0, steps) ** rho
+    return sorted({int(round(x)) for x in grid}, reverse=True)
+
+
+def network_calls(times: list[int], method: str = "pc", step_lr: float = 0.0) -> int:
+    """Network evaluations per crystal: one predictor call per step, one more per corrector
+    step (γ > 0) and, for Heun, one more for every step that does not end at t = 0."""
+    calls = len(times) * (2 if step_lr > 0 else 1)
+    if method == "heun":
+        calls += len(times) - 1
+    return calls
 
 
 @torch.no_grad()
 def sample(model: DiffCSP, num_atoms: torch.Tensor | list[int], atom_types: torch.Tensor | None = None,
            step_lr: float = 1e-5, steps: int | None = None, seed: int | None = 0, batch_size: int = 512,
-           progress: bool = True, device: torch.device | str | None = None, clip_lattice: bool = True) -> SampleResult:
+           progress: bool = True, device: torch.device | str | None = None, clip_lattice: bool = True,
+           method: str = "pc", schedule: str = "uniform", rho: float = 2.0) -> SampleResult:
     """Sample lattices and coordinates (and types, for generation) for crystals of given sizes.
 
     ``atom_types`` (atomic numbers, atoms concatenated in crystal order) is required for CSP
     and ignored for generation. Crystals are processed in chunks of ``batch_size``; the random
-    stream depends only on ``seed`` and the chunking. ``clip_lattice`` bounds the predicted clean
-    lattice x̂_0 by the model's ``lattice_bound`` (see :meth:`CosineDDPM.reverse_step`);
-    ``False`` gives the paper's unguarded update.
+    stream depends only on ``seed`` and the chunking.
+
+    ``method``: ``"pc"`` is the paper's predictor–corrector sampler (ancestral predictor);
+    ``"ddim"`` replaces the predictor by deterministic DDIM steps (lattice, types) and their
+    variance-exploding analogue (coordinates); ``"heun"`` adds a second-order correction to
+    those (one more network call per step). The Langevin corrector runs before every predictor
+    step when ``step_lr`` > 0, whatever the method. ``schedule``/``rho``: see
+    :func:`time_schedule`. ``clip_lattice`` bounds the lengths of the lattice vectors of the
+    predicted clean lattice x̂_0 by the model's ``lattice_bound`` (see
+    :meth:`CosineDDPM.reverse_step`); ``False`` gives the paper's unguarded update.
     """
+    if method not in METHODS:
+        raise ValueError(f"unknown sampling method {method!r}; use one of {', '.join(METHODS)}")
     model.eval()
     device = torch.device(device) if device is not None else next(model.parameters()).device
     num_atoms = torch.as_tensor(num_atoms, dtype=torch.long)
@@ -80,63 +128,96 @@ def sample(model: DiffCSP, num_atoms: torch.Tensor | list[int], atom_types: torc
         gen.manual_seed(seed)
     else:
         gen.seed()
-    times = time_schedule(model.config.timesteps, steps)
+    times = time_schedule(model.config.timesteps, steps, schedule, rho)
     chunks = [(lo, min(lo + batch_size, len(num_atoms))) for lo in range(0, len(num_atoms), batch_size)]
     bar = tqdm(total=len(chunks) * len(times), desc="sampling", unit="step", disable=not progress)
+    bound = (model.config.lattice_bound or DEFAULT_LATTICE_BOUND) if clip_lattice else None
     out_types, out_frac, out_lat = [], [], []
     for lo, hi in chunks:
         n = num_atoms[lo:hi].to(device)
         types = None if atom_types is None or model.is_gen else torch.as_tensor(atom_types)[offsets[lo] : offsets[hi]].to(device)
-        bound = (model.config.lattice_bound or 100.0) if clip_lattice else None
-        t, f, lat = _sample_chunk(model, n, types, step_lr, times, gen, bar, bound)
+        t, f, lat = _sample_chunk(model, n, types, step_lr, times, gen, bar, bound, method)
         out_types.append(t.cpu())
         out_frac.append(f.cpu())
         out_lat.append(lat.cpu())
     bar.close()
-    lattices = torch.cat(out_lat).double().numpy()
-    lengths, angles = params_from_lattice(lattices)
-    return SampleResult(
-        numbers=torch.cat(out_types).numpy(),
-        frac_coords=torch.cat(out_frac).double().numpy() % 1.0,
-        lattices=lattice_from_params(lengths, angles),
-        num_atoms=num_atoms.numpy(),
-    )
+    raw = torch.cat(out_lat).double().numpy()
+    frac = torch.cat(out_frac).double().numpy()
+    atom_ok = np.isfinite(frac).all(axis=1)
+    finite = np.isfinite(raw).all(axis=(1, 2)) & np.array([atom_ok[offsets[i] : offsets[i + 1]].all() for i in range(len(num_atoms))])
+    with np.errstate(invalid="ignore"):
+        lengths, angles = params_from_lattice(raw)
+        lattices = lattice_from_params(lengths, angles)
+    finite &= np.isfinite(lattices).all(axis=(1, 2)) & (lengths > 0).all(axis=1)
+    if not finite.all():
+        warnings.warn(f"{int((~finite).sum())} of {len(finite)} sampled crystals are not finite (NaN/inf lattice or "
+                      "coordinates); they are reported as failed, not converted to structures", stacklevel=2)
+    return SampleResult(numbers=torch.cat(out_types).numpy(), frac_coords=frac % 1.0, lattices=lattices,
+                        num_atoms=num_atoms.numpy(), finite=finite)
+
+
+#: x̂_0 bound (Å per lattice vector) for models that did not record one
+DEFAULT_LATTICE_BOUND = 100.0
 
 
 def _sample_chunk(model: DiffCSP, num_atoms: torch.Tensor, types: torch.Tensor | None, step_lr: float,
-                  times: list[int], gen: torch.Generator, bar, lattice_bound: float | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  times: list[int], gen: torch.Generator, bar=None, lattice_bound: float | None = None, method: str = "pc",
+                  lattice_init: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sample one chunk. ``lattice_init`` replaces the drawn L_T (the random stream is the same
+    either way), so tests can start from a rotated lattice."""
     device = num_atoms.device
     B, N = len(num_atoms), int(num_atoms.sum())
     lproc, fproc = model.lattice_process, model.coord_process
+    lat_clip = None if lattice_bound is None else clamp_row_norms(lattice_bound)
+    # one-hot types live in [0, 1]: the same x̂_0 guard as the lattice, entry-wise with bound 1
+    type_clip = None if lattice_bound is None else 1.0
 
     def randn(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=gen, device=device)
 
     lattice = randn(B, 3, 3)
+    if lattice_init is not None:
+        lattice = lattice_init.to(device=device, dtype=lattice.dtype)
     frac = torch.rand(N, 3, generator=gen, device=device)
     types_x = randn(N, NUM_ELEMENTS) if model.is_gen else types
     net = model.net
 
+    def call(t: int, types_x, frac, lattice):
+        eps_l, eps_f, eps_a = net(types_x, frac, lattice, num_atoms, torch.full((B,), t, device=device, dtype=torch.long))
+        return eps_l, eps_f * fproc.lambdas[t].sqrt(), eps_a  # ŝ_F = ε̂_F·√λ_t
+
     for i, t in enumerate(times):
         s = times[i + 1] if i + 1 < len(times) else 0
-        t_batch = torch.full((B,), t, device=device, dtype=torch.long)
-        sqrt_lam = fproc.lambdas[t].sqrt()
-        last = s == 0  # SPEC §6: z = 0 in the last step, for corrector and predictor alike
+        last = s == 0  # z = 0 in the last step, for corrector and predictor alike
         # 1. corrector: Langevin on F at noise level σ_t
         if step_lr > 0:
-            _, eps_f, _ = net(types_x, frac, lattice, num_atoms, t_batch)
+            _, score_f, _ = call(t, types_x, frac, lattice)
             z = torch.zeros(N, 3, device=device) if last else randn(N, 3)
-            frac = fproc.corrector_step(frac, eps_f * sqrt_lam, t, step_lr, z)
-        # 2. predictor: reverse step of every component from t to s
-        eps_l, eps_f, eps_a = net(types_x, frac, lattice, num_atoms, t_batch)
-        lattice = lproc.reverse_step(lattice, eps_l, t, s, None if last else randn(B, 3, 3), clip_x0=lattice_bound)
-        frac = fproc.predictor_step(frac, eps_f * sqrt_lam, t, s, None if last else randn(N, 3))
-        if model.is_gen:
-            # one-hot types live in [0, 1]: the same x̂_0 guard as the lattice, with bound 1
-            types_x = lproc.reverse_step(types_x, eps_a, t, s, None if last else randn(N, NUM_ELEMENTS),
-                                         clip_x0=None if lattice_bound is None else 1.0)
-        bar.update(1)
+            frac = fproc.corrector_step(frac, score_f, t, step_lr, z)
+        # 2. predictor: every component from t to s
+        eps_l, score_f, eps_a = call(t, types_x, frac, lattice)
+        if method == "pc":
+            lattice = lproc.reverse_step(lattice, eps_l, t, s, None if last else randn(B, 3, 3), clip_x0=lat_clip)
+            frac = fproc.predictor_step(frac, score_f, t, s, None if last else randn(N, 3))
+            if model.is_gen:
+                types_x = lproc.reverse_step(types_x, eps_a, t, s, None if last else randn(N, NUM_ELEMENTS), clip_x0=type_clip)
+        else:
+            lat_s = lproc.ddim_step(lattice, eps_l, t, s, lat_clip)
+            frac_s = fproc.ddim_step(frac, score_f, t, s)
+            types_s = lproc.ddim_step(types_x, eps_a, t, s, type_clip) if model.is_gen else types_x
+            if method == "heun" and not last:
+                # Heun: average the noise estimates at both ends (in the σ variable of each
+                # process, e = ε̂ for the DDPM parts and e = σ·ŝ for the coordinates).
+                eps_l2, score_f2, eps_a2 = call(s, types_s, frac_s, lat_s)
+                sig_t, sig_s = fproc.sigmas[t], fproc.sigmas[s]
+                e_f = 0.5 * (sig_t * score_f + sig_s * score_f2)
+                lat_s = lproc.ddim_step(lattice, 0.5 * (eps_l + eps_l2), t, s, lat_clip)
+                frac_s = fproc.ddim_step(frac, e_f / sig_t, t, s)
+                if model.is_gen:
+                    types_s = lproc.ddim_step(types_x, 0.5 * (eps_a + eps_a2), t, s, type_clip)
+            lattice, frac, types_x = lat_s, frac_s, types_s
+        if bar is not None:
+            bar.update(1)
     if model.is_gen:
         out_types = types_x.argmax(-1) + 1
     else:

@@ -380,8 +380,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         hist = np.bincount(train_table.num_atoms, minlength=cfg.model["max_atoms"] + 1)
         cfg.model["num_atoms_hist"] = hist.tolist()
         cfg.model["elements"] = sorted({int(z) for z in train_table.numbers})
-        # twice the largest lattice-matrix entry seen: generous, but stops a runaway first step
-        cfg.model["lattice_bound"] = round(2 * float(abs(train_table.lattices).max()), 2)
+        # twice the longest lattice vector seen: generous, but stops a runaway first step
+        cfg.model["lattice_bound"] = round(2 * float(np.linalg.norm(train_table.lattices, axis=-1).max()), 2)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / "config.json", asdict(cfg))
         write_json(run_dir / "protocol.json", protocol)

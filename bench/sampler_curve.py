@@ -1,0 +1,171 @@
+"""Match rate, RMSE and seconds per crystal against network calls, for several sampler settings.
+
+Every setting samples the same test crystals (k = 1, same seed) with the same model, and is
+scored with the project's CSP metrics (``diffcsp.metrics``, official rule by default). Writes
+a CSV (one row per setting) and a PNG of match rate and RMSE against network calls per crystal,
+next to a JSON with the protocol, hardware and command.
+
+    python bench/sampler_curve.py --run runs/perov_5_cpu --dataset perov_5 --limit 200 \\
+        --setting pc:1000 --setting pc:250 --setting ddim:100:power2 --out bench/results/sampler/perov_5
+
+A setting is ``METHOD:STEPS[:SCHEDULE][:corrector|nocorrector]`` with METHOD pc/ddim/heun and
+SCHEDULE ``uniform`` or ``powerR`` (power grid with ρ = R, e.g. ``power2``). The corrector
+(Langevin step, the dataset's step size) runs for pc by default and not for ddim/heun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Setting:
+    method: str
+    steps: int
+    schedule: str = "uniform"
+    rho: float = 1.0
+    corrector: bool = True
+
+    @classmethod
+    def parse(cls, text: str) -> Setting:
+        parts = text.split(":")
+        method, steps = parts[0], int(parts[1])
+        out = cls(method, steps, corrector=method == "pc")
+        for part in parts[2:]:
+            if part.startswith("power"):
+                out.schedule, out.rho = "power", float(part[5:] or 2)
+            elif part == "uniform":
+                out.schedule = "uniform"
+            elif part in ("corrector", "nocorrector"):
+                out.corrector = part == "corrector"
+            else:
+                raise SystemExit(f"cannot read setting part {part!r} in {text!r}")
+        return out
+
+    @property
+    def name(self) -> str:
+        grid = "uniform" if self.schedule == "uniform" else f"power{self.rho:g}"
+        return f"{self.method}:{self.steps}:{grid}:{'corrector' if self.corrector else 'nocorrector'}"
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, help="model: run dir, exported model dir or bundled model name")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--limit", type=int, default=None, help="first N crystals of the split (default: all)")
+    p.add_argument("--setting", action="append", required=True, help="METHOD:STEPS[:SCHEDULE][:corrector|nocorrector]")
+    p.add_argument("--step-lr", type=float, default=None, help="corrector step size (default: the dataset's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--workers", type=int, default=1, help="processes for StructureMatcher")
+    p.add_argument("--rule", default="official", help="metric validity rule (official or structure)")
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--out", required=True, help="output stem: writes STEM.csv, STEM.png, STEM.json")
+    p.add_argument("--save-predictions", action="store_true", help="also keep STEM.<setting>.json.gz")
+    args = p.parse_args()
+
+    from diffcsp.checkpoint import load_model
+    from diffcsp.data import load_split
+    from diffcsp.fileio import write_json
+    from diffcsp.metrics import evaluate_predictions
+    from diffcsp.predict import default_step_lr, predict_split
+    from diffcsp.sampler import network_calls, time_schedule
+
+    torch.set_num_threads(args.threads)
+    model = load_model(args.run)
+    table = load_split(args.dataset, args.split)
+    if args.limit:
+        table = table.subset(np.arange(min(args.limit, len(table))))
+    gamma = args.step_lr if args.step_lr is not None else default_step_lr(model, 1, dataset=args.dataset)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    csv_path = out.with_suffix(".csv")
+    for text in args.setting:
+        setting = Setting.parse(text)
+        step_lr = gamma if setting.corrector else 0.0
+        times = time_schedule(model.config.timesteps, setting.steps, setting.schedule, setting.rho)
+        calls = network_calls(times, setting.method, step_lr)
+        start = time.perf_counter()
+        preds = predict_split(model, table, 1, steps=setting.steps, step_lr=step_lr, seed=args.seed,
+                              batch_size=args.batch_size, progress=False, method=setting.method,
+                              schedule=setting.schedule, rho=setting.rho)
+        seconds = time.perf_counter() - start
+        if args.save_predictions:
+            preds.save(out.parent / f"{out.name}.{setting.name.replace(':', '_')}.json.gz")
+        summary = evaluate_predictions(preds, workers=args.workers, rule=args.rule).summary()
+        row = {"setting": setting.name, "method": setting.method, "steps": len(times), "schedule": setting.schedule,
+               "rho": setting.rho, "corrector": setting.corrector, "step_lr": step_lr, "network_calls": calls,
+               "match_rate": summary["match_rate"], "rmse": summary["rmse"], "valid_rate": summary.get("valid_rate"),
+               "seconds_per_crystal": seconds / len(table), "rule": summary.get("rule", args.rule), "n": len(table)}
+        rows.append(row)
+        print(f"{setting.name:40s} calls {calls:5d}  match {100 * row['match_rate']:6.2f} %  "
+              f"RMSE {row['rmse'] if row['rmse'] is None else round(row['rmse'], 4)}  "
+              f"{row['seconds_per_crystal']:.3f} s/crystal", flush=True)
+        with open(csv_path, "w", newline="") as handle:  # rewritten after every setting: partial runs keep results
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    write_json(out.with_suffix(".json"), {
+        "command": " ".join([os.path.basename(sys.executable), *sys.argv]), "model": str(args.run),
+        "dataset": args.dataset, "split": args.split, "crystals": len(table), "k": 1, "seed": args.seed,
+        "rule": args.rule, "threads": args.threads, "cpu": cpu_name(), "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"), "rows": rows,
+    })
+    plot(rows, out.with_suffix(".png"), f"{args.dataset}/{args.split}, {len(table)} crystals, k = 1 ({args.rule} rule)")
+    print(f"wrote {csv_path}, {out.with_suffix('.png')}, {out.with_suffix('.json')}")
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_m, ax_r) = plt.subplots(1, 2, figsize=(10, 4))
+    families: dict[str, list[dict]] = {}
+    for row in rows:
+        grid = row["schedule"] if row["schedule"] == "uniform" else f"power ρ={row['rho']:g}"
+        key = f"{row['method']} {grid}{' +corr' if row['corrector'] else ''}"
+        families.setdefault(key, []).append(row)
+    for key, group in families.items():
+        group = sorted(group, key=lambda r: r["network_calls"])
+        calls = [r["network_calls"] for r in group]
+        ax_m.plot(calls, [100 * r["match_rate"] for r in group], marker="o", label=key)
+        ax_r.plot(calls, [r["rmse"] if r["rmse"] is not None else np.nan for r in group], marker="o", label=key)
+    for ax, label in ((ax_m, "match rate (%)"), (ax_r, "RMSE (matched crystals)")):
+        ax.set_xscale("log")
+        ax.set_xlabel("network calls per crystal")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3, which="both")
+    ax_m.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
