@@ -195,3 +195,27 @@ def test_symprec_relaxes_within_the_space_group():
     assert r.status == CONVERGED, r.message
     assert describe(r.structure, symprec=1e-3)["spacegroup"] == "Pm-3m (221)"  # exact cube, not just within 0.1 Å
     assert r.structure.site_properties == {}
+
+
+def test_predict_relax_end_to_end(tmp_path):
+    """`diffcsp predict --relax` with the bundled model: raw samples kept, ranked files and table."""
+    import csv
+
+    out = tmp_path / "pred"
+    res = CliRunner().invoke(app, ["predict", "SrTiO3", "-n", "3", "-z", "1", "--steps", "50", "--relax",
+                                   "--relax-steps", "20", "--fmax", "0.1", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (out / "samples").glob("*.cif") if not p.name.endswith("_sym.cif")) == \
+        ["SrTiO3_00.cif", "SrTiO3_01.cif", "SrTiO3_02.cif"]
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    ranked = [r for r in rows if r["rank"]]
+    assert ranked, rows
+    assert [int(r["rank"]) for r in ranked] == list(range(1, len(ranked) + 1))
+    energies = [float(r["energy_per_atom"]) for r in ranked]
+    assert energies == sorted(energies) and float(ranked[0]["e_above_min_meV"]) == 0.0
+    assert sum(int(r["count"]) for r in rows) == 3  # every sample is accounted for, ranked or not
+    assert sorted(int(i) for r in rows for i in r["samples"].split()) == [0, 1, 2]
+    for r in ranked:
+        assert (out / r["file"]).is_file() and r["file"].startswith(f"rank{int(r['rank']):02d}_SrTiO3")
+        assert Structure.from_file(out / r["file"]).composition.reduced_formula == "SrTiO3"
+    assert "distinct structure" in res.output

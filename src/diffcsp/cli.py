@@ -197,6 +197,11 @@ def train_cmd(
 Checkpoint = Annotated[Optional[Path], typer.Option("--checkpoint", "-c", help="Model: run dir, .ckpt, exported model dir, or bundled model name (default: the bundled Perov-5 CSP model).")]
 
 
+Fmax = Annotated[float, typer.Option("--fmax", help="Relaxation converges when every force (and cell force) is below this, eV/Å.")]
+RelaxSteps = Annotated[int, typer.Option("--relax-steps", help="Most optimiser steps per relaxation; one that needs more is kept as 'unconverged'.")]
+RelaxSymprec = Annotated[Optional[float], typer.Option("--symprec", help="Relax each structure within the space group spglib finds at this tolerance in Å (ASE FixSymmetry); default: unconstrained.", show_default=False)]
+
+
 @app.command("predict")
 def predict_cmd(
     formula: Annotated[Optional[str], typer.Argument(help="Composition of one formula unit, e.g. SrTiO3 or LiFePO4 (or give --from-cif).", show_default=False)] = None,
@@ -209,6 +214,9 @@ def predict_cmd(
     step_lr: Annotated[Optional[float], typer.Option("--step-lr", help="Corrector step size γ (default: the paper's value for the model's dataset).")] = None,
     seed: Seed = 0,
     threads: Annotated[int, typer.Option("--threads", help="CPU threads for torch (a few small cells: one is fastest).")] = 1,
+    relax: Annotated[bool, typer.Option("--relax", help="Relax every sample with the pretrained CHGNet potential (pip install \"diffcsp[relax]\"), merge equivalent results and rank them by energy: OUT gets rankNN_ files and the ranked summary.csv, the raw samples go to OUT/samples/.")] = False,
+    fmax: Fmax = 0.05,
+    relax_steps: RelaxSteps = 500,
 ) -> None:
     """Predict crystal structures for a composition.
 
@@ -227,6 +235,13 @@ def predict_cmd(
         torch.set_num_threads(threads)
         if (formula is None) == (from_cif is None):
             raise ValueError("give a formula or --from-cif FILE (exactly one)")
+        if relax:
+            from diffcsp.relax import require_potential
+
+            try:
+                require_potential()
+            except ImportError as exc:
+                raise ValueError(str(exc)) from None
         if from_cif is not None:
             if formula_units is not None:
                 raise ValueError("--from-cif takes Z from the file's cell; drop -z/--formula-units")
@@ -248,6 +263,13 @@ def predict_cmd(
         for note in plan.notes + [str(w.message) for w in caught]:
             console.print(f"[yellow]warning:[/yellow] {note}")
         stem = "".join(ch for ch in name if ch.isalnum()) or "crystal"
+        if relax:
+            from diffcsp.relax import relax_rank_and_write
+
+            write_predictions(structures, plan.formula_units, out / "samples", stem, symprec=SYMPREC)
+            rows, note = relax_rank_and_write(structures, out, stem, fmax=fmax, steps=relax_steps)
+            _print_ranked_table(rows, f"{name}: {n} samples relaxed with CHGNet → {note} → {out}/")
+            return
         rows = write_predictions(structures, plan.formula_units, out, stem, symprec=SYMPREC)
         _print_prediction_table(rows, f"{name}: {n} predicted structures → {out}/ (space groups at symprec {SYMPREC} Å)")
 
@@ -263,6 +285,22 @@ def _print_prediction_table(rows: list[dict], title: str) -> None:
     for row in rows:
         table.add_row(*[str(row[str(col.header)]) for col in table.columns])
     Console(width=None if Console().is_terminal else 170).print(table)
+
+
+def _print_ranked_table(rows: list[dict], title: str) -> None:
+    """The ranked candidates of `diffcsp predict --relax` (summary.csv) as a table on stdout."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    columns = ["rank", "file", "energy_per_atom", "e_above_min_meV", "count", "spacegroup", "formula", "a", "b", "c",
+               "alpha", "beta", "gamma", "status", "samples"]
+    for key in columns:
+        table.add_column(key.replace("energy_per_atom", "E (eV/atom)").replace("e_above_min_meV", "ΔE (meV/atom)"),
+                         justify="left" if key in ("file", "formula", "spacegroup", "status", "samples") else "right")
+    for row in rows:
+        table.add_row(*[str(row.get(key, "")) for key in columns])
+    Console(width=None if Console().is_terminal else 190).print(table)
 
 
 @app.command("sample")
@@ -323,11 +361,6 @@ def generate_cmd(
             write_structures(structures, out / "cif", "gen")
         typer.echo(f"wrote {path} ({n} crystals in {preds.meta['sampling_seconds']:.0f} s)"
                    f"{'' if no_cif else ' and CIFs in ' + str(out / 'cif')}")
-
-
-Fmax = Annotated[float, typer.Option("--fmax", help="Relaxation converges when every force (and cell force) is below this, eV/Å.")]
-RelaxSteps = Annotated[int, typer.Option("--relax-steps", help="Most optimiser steps per relaxation; one that needs more is kept as 'unconverged'.")]
-RelaxSymprec = Annotated[Optional[float], typer.Option("--symprec", help="Relax each structure within the space group spglib finds at this tolerance in Å (ASE FixSymmetry); default: unconstrained.", show_default=False)]
 
 
 @app.command("relax")

@@ -113,6 +113,14 @@ def load_potential() -> Any:
     return _CALCULATOR
 
 
+def require_potential() -> None:
+    """Fail early, with the install command, when the relax extra is missing (before sampling)."""
+    import importlib.util
+
+    if importlib.util.find_spec("chgnet") is None:
+        raise ImportError('relaxation needs the CHGNet potential: pip install "diffcsp[relax]"')
+
+
 def potential_info() -> dict[str, Any]:
     """Name and versions of the potential, for provenance in output files."""
     from importlib.metadata import version
@@ -371,6 +379,22 @@ def write_ranked(candidates: Sequence[RankedCandidate], results: Sequence[RelaxR
     writer.writerows(rows)
     write_text(out_dir / "summary.csv", buffer.getvalue())
     return rows
+
+
+def relax_rank_and_write(structures: Sequence[Structure | None], out_dir: str | Path, stem: str, fmax: float = 0.05,
+                         steps: int = 500, workers: int | None = None, progress: bool = True,
+                         symprec: float | None = None) -> tuple[list[dict[str, Any]], str]:
+    """What ``diffcsp predict --relax`` does after sampling: relax, rank, write; returns the rows
+    of ``summary.csv`` and a one-line note (distinct structures, samples that could not be ranked)."""
+    results = relax_structures(structures, fmax=fmax, steps=steps, workers=workers, progress=progress, symprec=symprec)
+    candidates = rank_results(results)
+    rows = write_ranked(candidates, results, out_dir, stem)
+    failed = [r for r in results if not r.rankable]
+    note = f"{len(candidates)} distinct structure{'s' if len(candidates) != 1 else ''}"
+    if failed:
+        counts = {st: sum(r.status == st for r in failed) for st in dict.fromkeys(r.status for r in failed)}
+        note += f", {len(failed)} not ranked ({', '.join(f'{k} {v}' for k, v in counts.items())})"
+    return rows, note
 
 
 # --------------------------------------------------------------------------------------------
