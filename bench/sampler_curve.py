@@ -8,9 +8,10 @@ next to a JSON with the protocol, hardware and command.
     python bench/sampler_curve.py --run runs/perov_5_cpu --dataset perov_5 --limit 200 \\
         --setting pc:1000 --setting pc:250 --setting ddim:100:power2 --out bench/results/sampler/perov_5
 
-A setting is ``METHOD:STEPS[:SCHEDULE][:corrector|nocorrector]`` with METHOD pc/ddim/heun and
-SCHEDULE ``uniform`` or ``powerR`` (power grid with ρ = R, e.g. ``power2``). The corrector
-(Langevin step, the dataset's step size) runs for pc by default and not for ddim/heun.
+A setting is ``METHOD:STEPS[:SCHEDULE][:corrector|nocorrector|lrX]`` with METHOD pc/ddim/heun
+and SCHEDULE ``uniform`` or ``powerR`` (power grid with ρ = R, e.g. ``power2``; R < 1 puts more
+steps at high noise). The corrector (Langevin step, the dataset's step size γ) runs for pc by
+default and not for ddim/heun; ``lrX`` turns it on with step size X·γ.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class Setting:
     schedule: str = "uniform"
     rho: float = 1.0
     corrector: bool = True
+    lr_scale: float = 1.0
 
     @classmethod
     def parse(cls, text: str) -> Setting:
@@ -49,6 +51,8 @@ class Setting:
                 out.schedule = "uniform"
             elif part in ("corrector", "nocorrector"):
                 out.corrector = part == "corrector"
+            elif part.startswith("lr"):
+                out.lr_scale = float(part[2:])
             else:
                 raise SystemExit(f"cannot read setting part {part!r} in {text!r}")
         return out
@@ -56,7 +60,8 @@ class Setting:
     @property
     def name(self) -> str:
         grid = "uniform" if self.schedule == "uniform" else f"power{self.rho:g}"
-        return f"{self.method}:{self.steps}:{grid}:{'corrector' if self.corrector else 'nocorrector'}"
+        corr = "nocorrector" if not self.corrector else "corrector" if self.lr_scale == 1 else f"lr{self.lr_scale:g}"
+        return f"{self.method}:{self.steps}:{grid}:{corr}"
 
 
 def cpu_name() -> str:
@@ -105,7 +110,7 @@ def main() -> None:
     csv_path = out.with_suffix(".csv")
     for text in args.setting:
         setting = Setting.parse(text)
-        step_lr = gamma if setting.corrector else 0.0
+        step_lr = gamma * setting.lr_scale if setting.corrector else 0.0
         times = time_schedule(model.config.timesteps, setting.steps, setting.schedule, setting.rho)
         calls = network_calls(times, setting.method, step_lr)
         start = time.perf_counter()
@@ -117,7 +122,7 @@ def main() -> None:
             preds.save(out.parent / f"{out.name}.{setting.name.replace(':', '_')}.json.gz")
         summary = evaluate_predictions(preds, workers=args.workers, rule=args.rule).summary()
         row = {"setting": setting.name, "method": setting.method, "steps": len(times), "schedule": setting.schedule,
-               "rho": setting.rho, "corrector": setting.corrector, "step_lr": step_lr, "network_calls": calls,
+               "rho": setting.rho, "corrector": setting.corrector, "step_lr": step_lr, "base_step_lr": gamma, "network_calls": calls,
                "match_rate": summary["match_rate"], "rmse": summary["rmse"], "valid_rate": summary.get("valid_rate"),
                "seconds_per_crystal": seconds / len(table), "rule": summary.get("rule", args.rule), "n": len(table)}
         rows.append(row)
@@ -148,7 +153,8 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     families: dict[str, list[dict]] = {}
     for row in rows:
         grid = row["schedule"] if row["schedule"] == "uniform" else f"power ρ={row['rho']:g}"
-        key = f"{row['method']} {grid}{' +corr' if row['corrector'] else ''}"
+        key = f"{row['method']} {grid}{' +corr' if row['corrector'] else ''}" + \
+            ("" if not row["corrector"] or row["step_lr"] == row.get("base_step_lr") else f" γ={row['step_lr']:.2g}")
         families.setdefault(key, []).append(row)
     for key, group in families.items():
         group = sorted(group, key=lambda r: r["network_calls"])

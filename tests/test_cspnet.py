@@ -23,6 +23,7 @@ SETTINGS = [
     (32, 2, 8, [1, 3, 5]),
     (48, 3, 12, [4, 1, 7, 2, 20]),
     (64, 3, 16, [8, 8, 6, 13]),
+    (32, 2, 8, [5, 5, 5, 5]),  # one size: the bucketed path runs without gathers
 ]
 
 
@@ -55,8 +56,9 @@ def make_crystals(num_atoms: list[int], gen: bool, seed: int = 0) -> dict[str, t
     }
 
 
-def run(net: CSPNet, x: dict[str, torch.Tensor], reference: bool = False, grad: bool = False):
-    fn = net.forward_reference if reference else net.forward
+def run(net: CSPNet, x: dict[str, torch.Tensor], reference: bool = False, grad: bool = False, fast: str = "forward"):
+    """``fast``: which fast path — ``forward`` (size buckets) or ``forward_edges`` (edge list)."""
+    fn = net.forward_reference if reference else getattr(net, fast)
     with torch.set_grad_enabled(grad):
         return fn(x["types"], x["frac"], x["lattice"], x["num_atoms"], x["t"])
 
@@ -76,12 +78,16 @@ settings = pytest.mark.parametrize("hidden,layers,freqs,num_atoms", SETTINGS)
 # ----------------------------------------------------------------------------------------------
 # fast forward == reference forward
 # ----------------------------------------------------------------------------------------------
+fast_paths = pytest.mark.parametrize("path", ["forward", "forward_edges"])
+
+
 @params
 @settings
-def test_fast_equals_reference(gen, hidden, layers, freqs, num_atoms):
+@fast_paths
+def test_fast_equals_reference(gen, hidden, layers, freqs, num_atoms, path):
     net = make_net(hidden, layers, freqs, gen)
     x = make_crystals(num_atoms, gen)
-    fast, ref = run(net, x), run(net, x, reference=True)
+    fast, ref = run(net, x, fast=path), run(net, x, reference=True)
     assert fast[0].shape == (len(num_atoms), 3, 3)
     assert fast[1].shape == (sum(num_atoms), 3)
     if gen:
@@ -96,18 +102,20 @@ def test_fast_equals_reference(gen, hidden, layers, freqs, num_atoms):
 
 @params
 @pytest.mark.parametrize("hidden,layers,freqs,num_atoms", SETTINGS[:2])
-def test_fast_equals_reference_float64(gen, hidden, layers, freqs, num_atoms):
+@fast_paths
+def test_fast_equals_reference_float64(gen, hidden, layers, freqs, num_atoms, path):
     net = make_net(hidden, layers, freqs, gen).double()
     x = make_crystals(num_atoms, gen)
     x = {k: (v.double() if v.is_floating_point() else v) for k, v in x.items()}
-    for a, b in zip(run(net, x), run(net, x, reference=True)):
+    for a, b in zip(run(net, x, fast=path), run(net, x, reference=True)):
         if a is not None:
             torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
 
 
 @params
 @settings
-def test_fast_equals_reference_gradients(gen, hidden, layers, freqs, num_atoms):
+@fast_paths
+def test_fast_equals_reference_gradients(gen, hidden, layers, freqs, num_atoms, path):
     net = make_net(hidden, layers, freqs, gen).train()
     x = make_crystals(num_atoms, gen)
     g = torch.Generator().manual_seed(1)
@@ -116,7 +124,7 @@ def test_fast_equals_reference_gradients(gen, hidden, layers, freqs, num_atoms):
 
     def grads(reference: bool) -> dict[str, torch.Tensor]:
         net.zero_grad()
-        loss = sum((o * w).sum() for o, w in zip(run(net, x, reference, grad=True), weights) if o is not None)
+        loss = sum((o * w).sum() for o, w in zip(run(net, x, reference, grad=True, fast=path), weights) if o is not None)
         loss.backward()
         return {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
 

@@ -51,6 +51,22 @@ def fully_connected_edges(num_atoms: torch.Tensor) -> tuple[torch.Tensor, torch.
     return src, dst
 
 
+def size_buckets(num_atoms: torch.Tensor) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+    """Group crystals by atom count: (n, crystal indices (c,), atom indices (c·n,)) per size.
+
+    Inside a bucket the N² pairs of every crystal form a dense (c, n, n) block, so the pair
+    terms are broadcast sums instead of gathers over an edge list, and the mean over
+    neighbours is a reduction over one axis instead of a scatter.
+    """
+    offsets = torch.cumsum(num_atoms, 0) - num_atoms
+    buckets = []
+    for n in torch.unique(num_atoms).tolist():
+        crystals = torch.nonzero(num_atoms == n).flatten()
+        atoms = (offsets[crystals].unsqueeze(1) + torch.arange(n, device=num_atoms.device)).flatten()
+        buckets.append((int(n), crystals, atoms))
+    return buckets
+
+
 class CSPLayer(nn.Module):
     """One message-passing layer: pre-LayerNorm, pair MLP, mean aggregation, node MLP, residual."""
 
@@ -76,6 +92,30 @@ class CSPLayer(nn.Module):
         pre = pair + node_i[src] + node_j[dst] + lat[edge_crystal]
         msg = self.act(self.edge_out(self.act(pre)))
         agg = torch.zeros_like(x).index_add_(0, src, msg) * inv_count
+        return h + self.node_mlp(torch.cat([x, agg], dim=-1))
+
+    def forward_dense(self, h: torch.Tensor, gram: torch.Tensor, blocks: list[tuple[int, torch.Tensor, torch.Tensor | None, torch.Tensor]]
+                      ) -> torch.Tensor:
+        """The same layer on size buckets: ``blocks`` holds (n, crystals, atoms or None when the
+        bucket is the whole batch in order, ψ (c, n, n, 6K)) per crystal size."""
+        H = self.hidden
+        x = self.norm(h)
+        w, b = self.edge_in.weight, self.edge_in.bias
+        node_i = x @ w[:, :H].T
+        node_j = x @ w[:, H : 2 * H].T
+        lat = gram @ w[:, 2 * H : 2 * H + 9].T + b
+        w_psi = w[:, 2 * H + 9 :].T
+        parts = []
+        for n, crystals, atoms, psi in blocks:
+            c = psi.shape[0]
+            ni = node_i if atoms is None else node_i[atoms]
+            nj = node_j if atoms is None else node_j[atoms]
+            pre = psi @ w_psi + ni.view(c, n, 1, H) + nj.view(c, 1, n, H) + lat[crystals].view(c, 1, 1, H)
+            parts.append(self.act(self.edge_out(self.act(pre))).mean(2).reshape(c * n, H))
+        if len(parts) == 1 and blocks[0][2] is None:
+            agg = parts[0]
+        else:
+            agg = torch.zeros_like(x).index_copy(0, torch.cat([blk[2] for blk in blocks]), torch.cat(parts))
         return h + self.node_mlp(torch.cat([x, agg], dim=-1))
 
     def forward_reference(self, h, gram, diff, num_freqs, src, dst, atom_crystal, edge_crystal, num_atoms):
@@ -104,12 +144,15 @@ class CSPNet(nn.Module):
         self.lattice_out = nn.Linear(hidden, 9, bias=False)
         self.type_out = nn.Linear(hidden, NUM_ELEMENTS, bias=False) if predict_types else None
 
+    def _embed(self, types, t, batch):
+        emb = self.type_embed(types)
+        temb = sinusoidal_embedding(t, self.time_dim)[batch]
+        return self.input(torch.cat([emb, temb], dim=-1))
+
     def _inputs(self, types, frac, lattice, num_atoms, t):
         batch = torch.repeat_interleave(torch.arange(len(num_atoms), device=frac.device), num_atoms)
         src, dst = fully_connected_edges(num_atoms)
-        emb = self.type_embed(types)
-        temb = sinusoidal_embedding(t, self.time_dim)[batch]
-        h = self.input(torch.cat([emb, temb], dim=-1))
+        h = self._embed(types, t, batch)
         gram = (lattice @ lattice.transpose(-1, -2)).reshape(-1, 9)
         diff = frac[dst] - frac[src]  # ψ is periodic, so the "mod 1" of SPEC §5 is implicit
         return h, gram, diff, src, dst, batch, batch[src]
@@ -126,7 +169,28 @@ class CSPNet(nn.Module):
     def forward(self, types: torch.Tensor, frac: torch.Tensor, lattice: torch.Tensor, num_atoms: torch.Tensor,
                 t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """``types``: (N,) atomic numbers (CSP) or (N, 100) noisy one-hots (generation);
-        ``frac`` (N, 3); ``lattice`` (B, 3, 3); ``num_atoms`` (B,); ``t`` (B,) integer times."""
+        ``frac`` (N, 3); ``lattice`` (B, 3, 3); ``num_atoms`` (B,); ``t`` (B,) integer times.
+
+        Runs on size buckets (:func:`size_buckets`); :meth:`forward_edges` is the same network
+        on a flat edge list and :meth:`forward_reference` the straightforward formulation."""
+        batch = torch.repeat_interleave(torch.arange(len(num_atoms), device=frac.device), num_atoms)
+        h = self._embed(types, t, batch)
+        gram = (lattice @ lattice.transpose(-1, -2)).reshape(-1, 9)
+        blocks = []
+        buckets = size_buckets(num_atoms)
+        for n, crystals, atoms in buckets:
+            f = frac[atoms].view(-1, n, 3)
+            diff = f.unsqueeze(1) - f.unsqueeze(2)  # [c, i, j] = f_j − f_i, as in the edge list
+            psi = fourier_features(diff.reshape(-1, 3), self.num_freqs).view(-1, n, n, 6 * self.num_freqs)
+            whole = len(buckets) == 1  # one size: atoms are 0..N−1 in order, no gather needed
+            blocks.append((n, crystals, None if whole else atoms, psi))
+        for layer in self.layers:
+            h = layer.forward_dense(h, gram, blocks)
+        return self._heads(h, lattice, batch, num_atoms)
+
+    def forward_edges(self, types: torch.Tensor, frac: torch.Tensor, lattice: torch.Tensor, num_atoms: torch.Tensor,
+                      t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The factorised network on a flat edge list (src-major pairs), kept for comparison."""
         h, gram, diff, src, dst, batch, edge_crystal = self._inputs(types, frac, lattice, num_atoms, t)
         psi = fourier_features(diff, self.num_freqs)
         inv_count = (1.0 / num_atoms.to(h.dtype))[batch].unsqueeze(-1)
