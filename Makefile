@@ -30,8 +30,9 @@ demo: install
 	$(VENV)/bin/diffcsp predict SrTiO3 -n 5 --out demo_output
 	@echo "CIF files and summary.csv are in demo_output/"
 
+# -rs lists every skipped test with its reason (e.g. how to get the complete official data files).
 test: install-test
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -rs
 
 bench: install-test
 	$(PY) bench/cspnet_speed.py
