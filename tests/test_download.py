@@ -270,3 +270,19 @@ def test_cli_download_errors(mirror: Mirror, tmp_path: Path) -> None:
     assert "Traceback" not in output, output
     assert "refused" in output.lower() and "perov_5/val.csv" in output, output
     assert _files_under(dest) == []
+
+
+def test_missing_official_files_skip_locally_and_fail_in_ci(tmp_path: Path, monkeypatch) -> None:
+    """The rule behind ``official_mirror``: no silent skip when CI is set, and the message says how to get the data."""
+    import conftest
+
+    monkeypatch.setattr(conftest, "FULL_DATA", tmp_path)
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="diffcsp data download perov_5"):
+        require_full_split("perov_5", "val")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="diffcsp data download perov_5"):
+        require_full_split("perov_5", "val")
+    (tmp_path / "perov_5").mkdir()
+    (tmp_path / "perov_5" / "val.csv").write_text("present\n")
+    assert require_full_split("perov_5", "val") == tmp_path / "perov_5" / "val.csv"
