@@ -87,6 +87,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=1, help="processes for StructureMatcher")
     p.add_argument("--rule", default="official", help="metric validity rule (official or structure)")
     p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--precision", default="fp32", help="network precision while sampling: fp32, bf16 or auto")
     p.add_argument("--out", required=True, help="output stem: writes STEM.csv, STEM.png, STEM.json")
     p.add_argument("--save-predictions", action="store_true", help="also keep STEM.<setting>.json.gz")
     args = p.parse_args()
@@ -116,7 +117,7 @@ def main() -> None:
         start = time.perf_counter()
         preds = predict_split(model, table, 1, steps=setting.steps, step_lr=step_lr, seed=args.seed,
                               batch_size=args.batch_size, progress=False, method=setting.method,
-                              schedule=setting.schedule, rho=setting.rho)
+                              schedule=setting.schedule, rho=setting.rho, precision=args.precision)
         seconds = time.perf_counter() - start
         if args.save_predictions:
             preds.save(out.parent / f"{out.name}.{setting.name.replace(':', '_')}.json.gz")
@@ -124,7 +125,7 @@ def main() -> None:
         row = {"setting": setting.name, "method": setting.method, "steps": len(times), "schedule": setting.schedule,
                "rho": setting.rho, "corrector": setting.corrector, "step_lr": step_lr, "base_step_lr": gamma, "network_calls": calls,
                "match_rate": summary["match_rate"], "rmse": summary["rmse"], "valid_rate": summary.get("valid_rate"),
-               "seconds_per_crystal": seconds / len(table), "rule": summary.get("rule", args.rule), "n": len(table)}
+               "seconds_per_crystal": seconds / len(table), "precision": args.precision, "rule": summary.get("rule", args.rule), "n": len(table)}
         rows.append(row)
         print(f"{setting.name:40s} calls {calls:5d}  match {100 * row['match_rate']:6.2f} %  "
               f"RMSE {row['rmse'] if row['rmse'] is None else round(row['rmse'], 4)}  "

@@ -144,3 +144,24 @@ def test_sampling_from_a_rotated_lattice_gives_the_rotated_result(method):
     gen = torch.Generator().manual_seed(7)
     _, _, free = _sample_chunk(model, num_atoms, types, 0.0, times, gen, lattice_bound=None, method=method, lattice_init=lat)
     assert not torch.allclose(free, l1, atol=1e-3)
+
+
+def test_precision_choices():
+    from diffcsp.precision import bf16_native, resolve
+
+    assert resolve("fp32") == "fp32" and resolve("bf16") == "bf16"
+    assert resolve("auto") == ("bf16" if bf16_native("cpu") else "fp32")
+    with pytest.raises(ValueError, match="precision"):
+        resolve("fp8")
+
+
+def test_bf16_sampling_stays_close_to_fp32():
+    """The network under bf16 autocast, the updates in fp32: same seed, nearby lattices."""
+    torch.manual_seed(0)
+    model = DiffCSP(ModelConfig(hidden=32, num_layers=2, num_freqs=8, time_dim=16, lattice_bound=20.0), compute_schedules=False)
+    kw = dict(step_lr=0.0, steps=10, method="ddim", progress=False)
+    a = sample(model, [4, 4], torch.tensor([8, 8, 22, 38] * 2), precision="fp32", **kw)
+    b = sample(model, [4, 4], torch.tensor([8, 8, 22, 38] * 2), precision="bf16", **kw)
+    assert b.finite.all() and b.lattices.dtype == np.float64
+    assert np.abs(a.lattices - b.lattices).max() < 0.05 * np.abs(a.lattices).max()
+    assert not np.array_equal(a.lattices, b.lattices)  # bf16 really ran

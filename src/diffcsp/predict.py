@@ -392,7 +392,7 @@ def _timed_sample(model: DiffCSP, num_atoms, atom_types, step_lr: float, **kw: A
     result = sample(model, num_atoms, atom_types, step_lr=step_lr, **kw)
     seconds = time.perf_counter() - start
     meta = {"steps": kw.get("steps") or model.config.timesteps, "step_lr": step_lr, "seed": kw.get("seed"),
-            **{k: kw[k] for k in ("method", "schedule", "rho") if k in kw},
+            **{k: kw[k] for k in ("method", "schedule", "rho", "precision") if k in kw},
             "sampling_seconds": round(seconds, 1), "seconds_per_crystal_sample": round(seconds / max(len(num_atoms), 1), 4),
             "model": model.config.to_dict()}
     return result, meta
@@ -402,7 +402,8 @@ def predict_split(model: DiffCSP, table, num_samples: int = 1, steps: int | None
                   seed: int | None = 0, batch_size: int = 1024, progress: bool = True, **sampler_options: Any) -> Predictions:
     """CSP for every crystal of a table (given its atoms), ``num_samples`` each, as a predictions file.
 
-    ``sampler_options`` (``method``, ``schedule``, ``rho``, ``clip_lattice``) go to :func:`diffcsp.sampler.sample`."""
+    ``sampler_options`` (``method``, ``schedule``, ``rho``, ``clip_lattice``, ``precision``) go to
+    :func:`diffcsp.sampler.sample`."""
     if model.is_gen:
         raise CompositionError("this is a generation model; use `diffcsp generate`")
     too_big = int((table.num_atoms > model.config.max_atoms).sum())

@@ -20,6 +20,7 @@ from diffcsp.cspnet import NUM_ELEMENTS
 from diffcsp.diffusion import clamp_row_norms
 from diffcsp.lattice import lattice_from_params, params_from_lattice
 from diffcsp.model import DiffCSP
+from diffcsp.precision import autocast
 
 
 @dataclass
@@ -99,7 +100,7 @@ def network_calls(times: list[int], method: str = "pc", step_lr: float = 0.0) ->
 def sample(model: DiffCSP, num_atoms: torch.Tensor | list[int], atom_types: torch.Tensor | None = None,
            step_lr: float = 1e-5, steps: int | None = None, seed: int | None = 0, batch_size: int = 512,
            progress: bool = True, device: torch.device | str | None = None, clip_lattice: bool = True,
-           method: str = "pc", schedule: str = "uniform", rho: float = 2.0) -> SampleResult:
+           method: str = "pc", schedule: str = "uniform", rho: float = 2.0, precision: str = "fp32") -> SampleResult:
     """Sample lattices and coordinates (and types, for generation) for crystals of given sizes.
 
     ``atom_types`` (atomic numbers, atoms concatenated in crystal order) is required for CSP
@@ -114,6 +115,8 @@ def sample(model: DiffCSP, num_atoms: torch.Tensor | list[int], atom_types: torc
     :func:`time_schedule`. ``clip_lattice`` bounds the lengths of the lattice vectors of the
     predicted clean lattice x̂_0 by the model's ``lattice_bound`` (see
     :meth:`CosineDDPM.reverse_step`); ``False`` gives the paper's unguarded update.
+    ``precision``: ``"fp32"``, ``"bf16"`` (the network under autocast) or ``"auto"`` (bf16
+    where the hardware has native support, see :mod:`diffcsp.precision`).
     """
     if method not in METHODS:
         raise ValueError(f"unknown sampling method {method!r}; use one of {', '.join(METHODS)}")
@@ -136,7 +139,7 @@ def sample(model: DiffCSP, num_atoms: torch.Tensor | list[int], atom_types: torc
     for lo, hi in chunks:
         n = num_atoms[lo:hi].to(device)
         types = None if atom_types is None or model.is_gen else torch.as_tensor(atom_types)[offsets[lo] : offsets[hi]].to(device)
-        t, f, lat = _sample_chunk(model, n, types, step_lr, times, gen, bar, bound, method)
+        t, f, lat = _sample_chunk(model, n, types, step_lr, times, gen, bar, bound, method, precision=precision)
         out_types.append(t.cpu())
         out_frac.append(f.cpu())
         out_lat.append(lat.cpu())
@@ -162,7 +165,8 @@ DEFAULT_LATTICE_BOUND = 100.0
 
 def _sample_chunk(model: DiffCSP, num_atoms: torch.Tensor, types: torch.Tensor | None, step_lr: float,
                   times: list[int], gen: torch.Generator, bar=None, lattice_bound: float | None = None, method: str = "pc",
-                  lattice_init: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  lattice_init: torch.Tensor | None = None, precision: str = "fp32"
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sample one chunk. ``lattice_init`` replaces the drawn L_T (the random stream is the same
     either way), so tests can start from a rotated lattice."""
     device = num_atoms.device
@@ -183,8 +187,10 @@ def _sample_chunk(model: DiffCSP, num_atoms: torch.Tensor, types: torch.Tensor |
     net = model.net
 
     def call(t: int, types_x, frac, lattice):
-        eps_l, eps_f, eps_a = net(types_x, frac, lattice, num_atoms, torch.full((B,), t, device=device, dtype=torch.long))
-        return eps_l, eps_f * fproc.lambdas[t].sqrt(), eps_a  # ŝ_F = ε̂_F·√λ_t
+        with autocast(precision, device):
+            eps_l, eps_f, eps_a = net(types_x, frac, lattice, num_atoms, torch.full((B,), t, device=device, dtype=torch.long))
+        eps_a = None if eps_a is None else eps_a.float()
+        return eps_l.float(), eps_f.float() * fproc.lambdas[t].sqrt(), eps_a  # ŝ_F = ε̂_F·√λ_t
 
     for i, t in enumerate(times):
         s = times[i + 1] if i + 1 < len(times) else 0
