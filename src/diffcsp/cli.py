@@ -145,6 +145,8 @@ def train_cmd(
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Override the preset's batch size.")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate (default 1e-3).")] = None,
     ema_decay: Annotated[Optional[float], typer.Option("--ema-decay", help="Decay of the exponential moving average of the weights used for validation, checkpoints and sampling (0: off, the paper's setting; default: the preset's).")] = None,
+    lr_schedule: Annotated[Optional[str], typer.Option("--lr-schedule", help="'plateau' (the paper's ReduceLROnPlateau) or 'cosine' (warm-up, then cosine decay to the minimum at the last epoch).")] = None,
+    precision: Annotated[Optional[str], typer.Option("--precision", help="'fp32' (default), 'bf16' (network under bf16 autocast, weights in fp32) or 'auto' (bf16 only on hardware with native support: AVX-512 BF16/AMX CPUs, recent GPUs).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for initialisation, noise and data order.")] = 0,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Train on the first N crystals only (smoke tests).")] = None,
     hidden: Annotated[Optional[int], typer.Option("--hidden", help="Override the preset's CSPNet width.")] = None,
@@ -167,7 +169,7 @@ def train_cmd(
             torch.set_num_threads(threads)
         if resume is not None:
             ignored = [name for name, value in {"--dataset": dataset, "--out": out, "--batch-size": batch_size, "--lr": lr,
-                                                "--ema-decay": ema_decay, "--limit": limit, "--hidden": hidden, "--num-layers": num_layers,
+                                                "--ema-decay": ema_decay, "--lr-schedule": lr_schedule, "--precision": precision, "--limit": limit, "--hidden": hidden, "--num-layers": num_layers,
                                                 "--num-freqs": num_freqs}.items() if value is not None]
             if ignored:
                 raise ValueError(f"--resume continues the run with its saved settings; drop {', '.join(ignored)} "
@@ -187,7 +189,7 @@ def train_cmd(
                 raise ValueError("--dataset and --out are required (or --resume RUN_DIR)")
             model = {k: v for k, v in {"hidden": hidden, "num_layers": num_layers, "num_freqs": num_freqs}.items() if v}
             cfg = TrainConfig.from_preset(dataset, str(out), preset=preset, task=task, data_dir=str(data_dir) if data_dir else None, model=model,
-                                          epochs=epochs, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed, limit=limit,
+                                          epochs=epochs, batch_size=batch_size, lr=lr, ema_decay=ema_decay, lr_schedule=lr_schedule, precision=precision, seed=seed, limit=limit,
                                           accelerator=accelerator, devices=devices, num_nodes=num_nodes)
             run = train(cfg, progress=not quiet)
         typer.echo(f"run finished: {run}  (best model exported to {run / 'model'})")

@@ -75,6 +75,9 @@ class TrainConfig:
     #: "plateau" (the paper's ReduceLROnPlateau on validation loss) or "cosine" (linear warm-up
     #: over 2 % of the optimiser steps, then cosine decay to ``min_lr`` at the last epoch).
     lr_schedule: str = "plateau"
+    #: "fp32", "bf16" (Lightning's bf16-mixed: the network under autocast, weights and optimiser
+    #: in fp32) or "auto" (bf16 only where the hardware computes it natively)
+    precision: str = "fp32"
     grad_clip: float = 0.5
     #: decay of the exponential moving average of the weights used for validation, model
     #: selection, export and sampling (0 turns it off: the paper's setting).
@@ -401,7 +404,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=_devices(cfg.devices), num_nodes=cfg.num_nodes,
         gradient_clip_val=cfg.grad_clip, gradient_clip_algorithm="value", callbacks=callbacks, logger=False,
         enable_progress_bar=progress, enable_model_summary=False, default_root_dir=run_dir, num_sanity_val_steps=0,
-        plugins=[AtomicCheckpointIO()],
+        plugins=[AtomicCheckpointIO()], precision=_lightning_precision(cfg),
     )
     start = time.perf_counter()
     trainer.fit(module, train_loader(train_table, cfg.batch_size, cfg.seed), eval_loader(val_table, cfg.batch_size),
@@ -421,6 +424,13 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     if rows:
         plot_training_curve(run_dir / "metrics.csv", run_dir / "training_curve.png")
     return run_dir
+
+
+def _lightning_precision(cfg: TrainConfig) -> str:
+    from diffcsp.precision import resolve
+
+    device = "cuda" if cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available()) else "cpu"
+    return "bf16-mixed" if resolve(cfg.precision, device) == "bf16" else "32-true"
 
 
 def _devices(value: str) -> int | str:
