@@ -1,7 +1,11 @@
-"""Time CSPNet's fast forward against the straightforward per-pair formulation.
+"""Time CSPNet's forward paths against the straightforward per-pair formulation.
 
-Both run on the very same weights and batch in one process: forward + backward of a
-loss-like scalar, after warm-up, median over repeats. The outputs are compared as well.
+All paths run on the very same weights and batch in one process, interleaved: forward alone
+(no grad, as in sampling) and forward + backward of a loss-like scalar (as in training), after
+warm-up, median over repeats. The fp32 outputs are compared as well. Paths: the per-pair
+concatenation (``forward_reference``), the factorised edge-list form (``forward_edges``), the
+size-bucketed default (``forward``) and, on CPUs with native bf16 (AVX-512 BF16/AMX), the
+default under bf16 autocast.
 
     python bench/cspnet_speed.py                                 # hidden 128, 4 layers, K 32
     python bench/cspnet_speed.py --dataset-like mp20 --repeats 5
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -45,50 +50,59 @@ def make_batch(num_atoms: np.ndarray, gen: bool, seed: int) -> dict[str, torch.T
     }
 
 
-def step(net: CSPNet, batch: dict[str, torch.Tensor], reference: bool):
-    fn = net.forward_reference if reference else net.forward
+#: (label, CSPNet method, bf16 autocast)
+PATHS = [("reference (per-pair concat)", "forward_reference", False), ("edge list (factorised)", "forward_edges", False),
+         ("size buckets (default)", "forward", False), ("size buckets, bf16 autocast", "forward", True)]
+
+
+def run_once(net: CSPNet, batch: dict[str, torch.Tensor], method: str, bf16: bool, grad: bool) -> float:
+    fn = getattr(net, method)
     net.zero_grad(set_to_none=True)
-    out = fn(batch["types"], batch["frac"], batch["lattice"], batch["num_atoms"], batch["t"])
-    loss = sum((o**2).mean() for o in out if o is not None)
-    loss.backward()
-    return out
+    t0 = time.perf_counter()
+    with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        out = fn(batch["types"], batch["frac"], batch["lattice"], batch["num_atoms"], batch["t"])
+        loss = sum((o.float() ** 2).mean() for o in out if o is not None)
+    if grad:
+        loss.backward()
+    return time.perf_counter() - t0
 
 
-def time_it(net, batch, reference: bool, warmup: int, repeats: int) -> list[float]:
-    for _ in range(warmup):
-        step(net, batch, reference)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        step(net, batch, reference)
-        times.append(time.perf_counter() - t0)
-    return times
+def bench(hidden: int, layers: int, freqs: int, num_atoms: np.ndarray, args) -> list[dict]:
+    from diffcsp.precision import bf16_native
 
-
-def bench(hidden: int, layers: int, freqs: int, num_atoms: np.ndarray, args) -> None:
     torch.manual_seed(args.seed)
     net = CSPNet(hidden=hidden, num_layers=layers, num_freqs=freqs, predict_types=args.gen)
     batch = make_batch(num_atoms, args.gen, args.seed)
     N, E = int(num_atoms.sum()), int((num_atoms**2).sum())
     print(f"\nCSPNet hidden={hidden} layers={layers} K={freqs} {'gen' if args.gen else 'csp'} | "
           f"{len(num_atoms)} crystals, {N} atoms, {E} pairs | {sum(p.numel() for p in net.parameters()):,} params")
-
     with torch.no_grad():
-        fast = net(batch["types"], batch["frac"], batch["lattice"], batch["num_atoms"], batch["t"])
-        ref = net.forward_reference(batch["types"], batch["frac"], batch["lattice"], batch["num_atoms"], batch["t"])
-    diffs = [float((a - b).abs().max()) for a, b in zip(fast, ref) if a is not None]
-    print(f"  max |fast − reference| over outputs: {max(diffs):.2e}  ({'OK' if max(diffs) < 1e-4 else 'MISMATCH'})")
-
-    results = {}
-    # interleave so both see the same background load as far as possible
-    order = [False, True] if not args.reference_first else [True, False]
-    for ref_flag in order:
-        results[ref_flag] = time_it(net, batch, ref_flag, args.warmup, args.repeats)
-    for ref_flag, name in [(False, "fast forward     "), (True, "forward_reference")]:
-        ts = results[ref_flag]
-        print(f"  {name}: median {statistics.median(ts) * 1e3:9.1f} ms  (min {min(ts) * 1e3:.1f}, max {max(ts) * 1e3:.1f}, n={len(ts)})")
-    ratio = statistics.median(results[True]) / statistics.median(results[False])
-    print(f"  speed-up (reference / fast), forward+backward: {ratio:.2f}x")
+        outs = {m: getattr(net, m)(batch["types"], batch["frac"], batch["lattice"], batch["num_atoms"], batch["t"])
+                for m in ("forward_reference", "forward_edges", "forward")}
+    for m in ("forward_edges", "forward"):
+        diff = max(float((a - b).abs().max()) for a, b in zip(outs[m], outs["forward_reference"]) if a is not None)
+        print(f"  max |{m} − reference| over outputs (fp32): {diff:.2e}  ({'OK' if diff < 1e-4 else 'MISMATCH'})")
+    paths = [p for p in PATHS if not p[2] or bf16_native("cpu")]
+    if len(paths) < len(PATHS):
+        print("  (no native bf16 on this CPU: bf16 row skipped)")
+    rows = []
+    for grad in (False, True):
+        times: dict[str, list[float]] = {label: [] for label, _, _ in paths}
+        for label, method, bf16 in paths:  # warm-up
+            for _ in range(args.warmup):
+                run_once(net, batch, method, bf16, grad)
+        for _ in range(args.repeats):  # interleaved, so every path sees the same background load
+            for label, method, bf16 in paths:
+                times[label].append(run_once(net, batch, method, bf16, grad))
+        ref = statistics.median(times[paths[0][0]])
+        print(f"  {'forward + backward' if grad else 'forward (no grad)'}:")
+        for label, _, _ in paths:
+            med = statistics.median(times[label])
+            print(f"    {label:30s} median {med * 1e3:8.1f} ms  (min {min(times[label]) * 1e3:.1f})  speed-up {ref / med:4.2f}x")
+            rows.append({"hidden": hidden, "layers": layers, "freqs": freqs, "crystals": len(num_atoms), "atoms": N,
+                         "pairs": E, "pass": "fwd+bwd" if grad else "fwd", "path": label,
+                         "median_ms": round(med * 1e3, 2), "speedup_vs_reference": round(ref / med, 3)})
+    return rows
 
 
 def main() -> None:
@@ -101,12 +115,12 @@ def main() -> None:
     p.add_argument("--dataset-like", choices=sorted(DATASET_SIZES), default=None,
                    help="draw atoms per crystal like a dataset instead of --atoms")
     p.add_argument("--gen", action="store_true", help="ab initio variant (noisy one-hot types, type head)")
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--paper", action="store_true", help="also run the paper size (hidden 512, 6 layers, K 128)")
     p.add_argument("--paper-only", action="store_true", help="run only the paper size")
-    p.add_argument("--reference-first", action="store_true", help="time forward_reference before the fast path")
+    p.add_argument("--csv", default=None, help="append the rows to this CSV")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
 
@@ -117,11 +131,24 @@ def main() -> None:
         num_atoms = DATASET_SIZES[args.dataset_like](rng, args.crystals).astype(np.int64)
     else:
         num_atoms = np.full(args.crystals, args.atoms, dtype=np.int64)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), float32, CPU")
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?") \
+        if Path("/proc/cpuinfo").exists() else "?"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU {cpu} ({torch.backends.cpu.get_cpu_capability()})")
+    rows = []
     if not args.paper_only:
-        bench(args.hidden, args.layers, args.freqs, num_atoms, args)
+        rows += bench(args.hidden, args.layers, args.freqs, num_atoms, args)
     if args.paper or args.paper_only:
-        bench(512, 6, 128, num_atoms, args)
+        rows += bench(512, 6, 128, num_atoms, args)
+    if args.csv:
+        import csv
+
+        new = not Path(args.csv).exists()
+        with open(args.csv, "a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["cpu", "threads", "dataset_like", *rows[0]])
+            if new:
+                writer.writeheader()
+            for row in rows:
+                writer.writerow({"cpu": cpu, "threads": torch.get_num_threads(), "dataset_like": args.dataset_like or f"{args.atoms} atoms", **row})
 
 
 if __name__ == "__main__":
