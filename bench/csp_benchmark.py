@@ -117,7 +117,7 @@ def main() -> None:
             from diffcsp.predictions import Predictions
 
             t_sample = Predictions.load(f"{stem}.json.gz").meta["sampling_seconds"]
-            log.append({"command": _shown(sample), "seconds": f"{t_sample:.1f} (earlier run, reused)"})
+            log.append({"command": _shown(sample), "seconds": round(t_sample, 1), "reused": True})
         else:
             t_sample = run(sample, log)
         if args.reuse and Path(f"{stem}.metrics.json").is_file():
@@ -127,7 +127,7 @@ def main() -> None:
                 sys.exit(f"{stem}.metrics.json was made with the {old.get('rule', 'structure')!r} rule, not "
                          f"{args.rule!r}: rerun with --reevaluate instead of --reuse")
             t_eval = float(old.get("eval_seconds", "nan"))
-            log.append({"command": _shown(evaluate), "seconds": f"{t_eval:.1f} (earlier run, reused)"})
+            log.append({"command": _shown(evaluate), "seconds": round(t_eval, 1), "reused": True})
         else:
             t_eval = run(evaluate, log)
         metrics = json.loads(Path(f"{stem}.metrics.json").read_text())
@@ -159,7 +159,7 @@ def main() -> None:
         shown_rmse = f"{rmse:.4f}" if rmse is not None else "–"
         lines.append(f"| {k} | {r['n']} ({subset}) | {r['rule']} | {100 * mr:.2f} | {shown_rmse} | {100 * valid:.1f} | "
                      f"{r['seconds_per_crystal_sample']} | {r['sample_seconds']} | {r['eval_seconds']} |")
-    lines += ["", "## Commands", "", "```"] + [f"{e['command']}    # {e['seconds']} s" for e in log] + ["```", ""]
+    lines += ["", "## Commands", "", "```"] + [f"{e['command']}    # {e['seconds']} s{' (earlier run, reused)' if e.get('reused') else ''}" for e in log] + ["```", ""]
     lines += ["Files: " + ", ".join(f"`{r['stem']}.*`" for r in results.values()), ""]
     report.write_text("\n".join(lines))
     (out / f"report-{today}{tag}.json").write_text(json.dumps({"results": results, "commands": log}, indent=2))

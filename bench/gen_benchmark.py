@@ -55,7 +55,7 @@ def main() -> None:
         meta = Predictions.load(generated).meta
         t_gen = float(meta["sampling_seconds"])
         args.n, args.steps = len(Predictions.load(generated).generated), meta.get("steps", args.steps)
-        log.append({"command": _shown(gen), "seconds": f"{t_gen:.1f} (earlier run, reused)"})
+        log.append({"command": _shown(gen), "seconds": round(t_gen, 1), "reused": True})
     else:
         t_gen = run(gen, log)
     evaluate = exe + ["evaluate", str(generated), "--json", str(out / "metrics.json"), "--comp-scaler", args.comp_scaler]
@@ -85,7 +85,7 @@ def main() -> None:
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
         f"| {100 * m['struct_valid']:.2f} | {100 * m['comp_valid']:.2f} | {100 * m['valid']:.2f} | {100 * m['cov_recall']:.2f} | "
         f"{100 * m['cov_precision']:.2f} | {m['wdist_density']:.4f} | {m['wdist_num_elems']:.4f} | {m['comp_scaler']} |", "",
-        "## Commands", "", "```"] + [f"{e['command']}    # {e['seconds']} s" for e in log] + ["```", ""]
+        "## Commands", "", "```"] + [f"{e['command']}    # {e['seconds']} s{' (earlier run, reused)' if e.get('reused') else ''}" for e in log] + ["```", ""]
     (out / f"report-{today}.md").write_text("\n".join(lines))
     print(f"report written to {out / f'report-{today}.md'}")
 
