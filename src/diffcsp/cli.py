@@ -63,6 +63,7 @@ class _Guard:
 DataDir = Annotated[Optional[Path], typer.Option("--data-dir", help="Folder holding NAME/{train,val,test}.csv (default: $DIFFCSP_DATA, ../shared/datasets, or the user cache).")]
 Steps = Annotated[Optional[int], typer.Option("--steps", help="Reverse diffusion steps (default: the model's T = 1000, as in the paper).")]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed.")]
+Sampler = Annotated[str, typer.Option("--sampler", help="'fast': 50 predictor-corrector steps (100 network calls) with a 10x corrector step, measured to keep the 1000-step sampler's match rate and RMSE (BENCHMARKS.md, 'Few-step sampling'); 'paper': the paper's 1000 steps (2000 calls). --steps/--step-lr override the preset.")]
 Threads = Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch (default: torch's choice).")]
 
 
@@ -152,6 +153,7 @@ def train_cmd(
     hidden: Annotated[Optional[int], typer.Option("--hidden", help="Override the preset's CSPNet width.")] = None,
     num_layers: Annotated[Optional[int], typer.Option("--num-layers", help="Override the preset's number of message-passing layers.")] = None,
     num_freqs: Annotated[Optional[int], typer.Option("--num-freqs", help="Override the preset's Fourier frequency count K.")] = None,
+    variant: Annotated[Optional[str], typer.Option("--variant", help="'joint' (default: the published model) or one of the paper's ablations: 'lattice-then-coords' / 'coords-then-lattice' (two-stage generation, one network trained on both stages), 'no-fourier' (raw wrapped coordinate differences instead of Fourier features), 'no-o3' (the lattice matrix instead of the rotation-invariant L·Lᵀ). Saved in the model config; see diffcsp.variants.")] = None,
     accelerator: Annotated[str, typer.Option("--accelerator", help="Lightning accelerator: auto, cpu, gpu.")] = "auto",
     devices: Annotated[str, typer.Option("--devices", help="Lightning devices (e.g. 4 for DDP on four GPUs).")] = "auto",
     num_nodes: Annotated[int, typer.Option("--num-nodes", help="Number of nodes for multi-node DDP.")] = 1,
@@ -170,7 +172,7 @@ def train_cmd(
         if resume is not None:
             ignored = [name for name, value in {"--dataset": dataset, "--out": out, "--batch-size": batch_size, "--lr": lr,
                                                 "--ema-decay": ema_decay, "--lr-schedule": lr_schedule, "--precision": precision, "--limit": limit, "--hidden": hidden, "--num-layers": num_layers,
-                                                "--num-freqs": num_freqs}.items() if value is not None]
+                                                "--num-freqs": num_freqs, "--variant": variant}.items() if value is not None]
             if ignored:
                 raise ValueError(f"--resume continues the run with its saved settings; drop {', '.join(ignored)} "
                                  "(only --epochs may change)")
@@ -187,7 +189,7 @@ def train_cmd(
         else:
             if dataset is None or out is None:
                 raise ValueError("--dataset and --out are required (or --resume RUN_DIR)")
-            model = {k: v for k, v in {"hidden": hidden, "num_layers": num_layers, "num_freqs": num_freqs}.items() if v}
+            model = {k: v for k, v in {"hidden": hidden, "num_layers": num_layers, "num_freqs": num_freqs, "variant": variant}.items() if v}
             cfg = TrainConfig.from_preset(dataset, str(out), preset=preset, task=task, data_dir=str(data_dir) if data_dir else None, model=model,
                                           epochs=epochs, batch_size=batch_size, lr=lr, ema_decay=ema_decay, lr_schedule=lr_schedule, precision=precision, seed=seed, limit=limit,
                                           accelerator=accelerator, devices=devices, num_nodes=num_nodes)
@@ -212,8 +214,9 @@ def predict_cmd(
     out: Annotated[Path, typer.Option("--out", help="Folder for the CIF and PNG files and summary.csv.")] = Path("predictions"),
     formula_units: Annotated[Optional[int], typer.Option("--formula-units", "-z", help="Formula units per cell (Z) for every sample. Default: each sample's Z is drawn from the cell sizes the model saw in training (Z × atoms per formula ≤ the model's limit, weighted by how often it saw them; Z = 1 with a warning if it saw none). The table and summary.csv give each sample's Z.", show_default=False)] = None,
     from_cif: Annotated[Optional[Path], typer.Option("--from-cif", help="Take the composition and Z from this structure's cell (CIF, or any file pymatgen reads).", show_default=False)] = None,
-    steps: Steps = None,
-    step_lr: Annotated[Optional[float], typer.Option("--step-lr", help="Corrector step size γ (default: the paper's value for the model's dataset).")] = None,
+    sampler: Sampler = "fast",
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Reverse diffusion steps (default: the sampler preset's, 50 for 'fast', 1000 for 'paper').")] = None,
+    step_lr: Annotated[Optional[float], typer.Option("--step-lr", help="Corrector step size γ (default: the paper's value for the model's dataset, times the preset's scale).")] = None,
     seed: Seed = 0,
     threads: Annotated[int, typer.Option("--threads", help="CPU threads for torch (a few small cells: one is fastest).")] = 1,
     relax: Annotated[bool, typer.Option("--relax", help="Relax every sample with the pretrained CHGNet potential (pip install \"diffcsp[relax]\"), merge equivalent results and rank them by energy: OUT gets rankNN_ files and the ranked summary.csv, the raw samples go to OUT/samples/.")] = False,
@@ -261,7 +264,7 @@ def predict_cmd(
         plan = plan_prediction(model, composition, n, formula_units, seed)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            structures = sample_plan(model, plan, steps=steps, step_lr=step_lr, seed=seed, progress=True)
+            structures = sample_plan(model, plan, steps=steps, step_lr=step_lr, seed=seed, progress=True, sampler=sampler)
         for note in plan.notes + [str(w.message) for w in caught]:
             console.print(f"[yellow]warning:[/yellow] {note}")
         stem = "".join(ch for ch in name if ch.isalnum()) or "crystal"
@@ -313,6 +316,7 @@ def sample_cmd(
     split: Annotated[str, typer.Option("--split", help="Split to predict.")] = "test",
     num_samples: Annotated[int, typer.Option("--num-samples", "-k", help="Samples per crystal.")] = 1,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N crystals of the split (fixed subset).")] = None,
+    sampler: Annotated[str, typer.Option("--sampler", help="'paper' (default here: the paper's 1000 predictor-corrector steps, for benchmarks) or 'fast' (50 steps, 10x corrector step, 100 network calls).")] = "paper",
     steps: Steps = None,
     step_lr: Annotated[Optional[float], typer.Option("--step-lr", help="Corrector step size (default: SPEC §6 value for dataset and k).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Crystals sampled together.")] = 1024,
@@ -331,7 +335,8 @@ def sample_cmd(
         table = load_split(dataset, split, data_dir)
         if limit:
             table = table.subset(np.arange(min(limit, len(table))))
-        preds = predict_split(model, table, num_samples, steps=steps, step_lr=step_lr, seed=seed, batch_size=batch_size)
+        preds = predict_split(model, table, num_samples, steps=steps, step_lr=step_lr, seed=seed, batch_size=batch_size,
+                              sampler=sampler)
         preds.meta.update(checkpoint=str(checkpoint), limit=limit)
         preds.save(out)
         typer.echo(f"wrote {out}: {len(table)} crystals × {num_samples} samples in {preds.meta['sampling_seconds']:.0f} s")

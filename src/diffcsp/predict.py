@@ -26,7 +26,7 @@ from diffcsp.errors import CompositionError
 from diffcsp.model import DiffCSP
 from diffcsp.predictions import Predictions, arrays_to_dict
 from diffcsp.registry import get_dataset
-from diffcsp.sampler import SampleResult, sample
+from diffcsp.sampler import SampleResult, sample, sampler_preset
 
 #: What :func:`predict` accepts as a composition.
 CompositionLike = Union[str, Composition, Structure, Sequence[Union[str, int]]]
@@ -182,27 +182,38 @@ def plan_prediction(model: DiffCSP, composition: CompositionLike, n: int, formul
 
 
 def sample_plan(model: DiffCSP, plan: PredictionPlan, steps: int | None = None, step_lr: float | None = None,
-                seed: int | None = 0, progress: bool = False, device: str | torch.device | None = None) -> list[Structure | None]:
-    """Sample every cell of a plan in one sampler call (cells of different sizes batch together)."""
+                seed: int | None = 0, progress: bool = False, device: str | torch.device | None = None,
+                sampler: str = "fast") -> list[Structure | None]:
+    """Sample every cell of a plan in one sampler call (cells of different sizes batch together).
+
+    ``sampler`` names a preset of :data:`diffcsp.sampler.SAMPLERS`; ``steps``/``step_lr``
+    override its number of steps and its corrector step size."""
     n = len(plan.formula_units)
+    preset = sampler_preset(sampler)
+    options = preset.options()
+    if steps is not None:
+        options["steps"] = steps
     if step_lr is None:
-        step_lr = default_step_lr(model, num_samples=n)
+        step_lr = default_step_lr(model, num_samples=n) * preset.step_lr_scale
     cells = [plan.cell(i) for i in range(n)]
     result = sample(model, [len(c) for c in cells], torch.tensor([z for c in cells for z in c]), step_lr=step_lr,
-                    steps=steps, seed=seed, progress=progress, device=device)
+                    seed=seed, progress=progress, device=device, **options)
     return result.structures()
 
 
 def predict(composition: CompositionLike, n: int = 1, model: DiffCSP | str | Path | None = None,
             formula_units: int | None = None, steps: int | None = None, step_lr: float | None = None,
-            seed: int | None = 0, progress: bool = False, device: str | torch.device | None = None) -> list[Structure | None]:
+            seed: int | None = 0, progress: bool = False, device: str | torch.device | None = None,
+            sampler: str = "fast") -> list[Structure | None]:
     """Predict ``n`` crystal structures for a composition with a CSP model (default: bundled).
 
     ``composition``: a formula ("LiFePO4"), a pymatgen ``Composition``, a species list, or a
     ``Structure`` (its reduced formula and its Z). ``formula_units``: Z for every sample; ``None``
     draws Z per sample from the cell sizes seen in training (see :func:`plan_prediction`).
-    ``step_lr`` defaults to the paper's corrector step size for the model's training dataset.
-    Unusual inputs (unseen elements or cell sizes) give ``UserWarning``s. A sample whose sampler
+    ``sampler``: ``"fast"`` (default: 50 predictor–corrector steps, 100 network calls, measured
+    to keep the 1000-step sampler's quality — see BENCHMARKS.md) or ``"paper"`` (1000 steps);
+    ``steps`` and ``step_lr`` override the preset (``step_lr`` defaults to the paper's corrector
+    step size for the model's training dataset, times the preset's scale). Unusual inputs (unseen elements or cell sizes) give ``UserWarning``s. A sample whose sampler
     output is not finite (a diverging or damaged model) comes back as ``None``, with a warning.
     """
     if not isinstance(model, DiffCSP):
@@ -210,7 +221,8 @@ def predict(composition: CompositionLike, n: int = 1, model: DiffCSP | str | Pat
     plan = plan_prediction(model, composition, n, formula_units, seed)
     for note in plan.notes:
         warnings.warn(note, stacklevel=2)
-    return sample_plan(model, plan, steps=steps, step_lr=step_lr, seed=seed, progress=progress, device=device)
+    return sample_plan(model, plan, steps=steps, step_lr=step_lr, seed=seed, progress=progress, device=device,
+                       sampler=sampler)
 
 
 def default_step_lr(model: DiffCSP, num_samples: int = 1, dataset: str | None = None) -> float:
@@ -399,22 +411,28 @@ def _timed_sample(model: DiffCSP, num_atoms, atom_types, step_lr: float, **kw: A
 
 
 def predict_split(model: DiffCSP, table, num_samples: int = 1, steps: int | None = None, step_lr: float | None = None,
-                  seed: int | None = 0, batch_size: int = 1024, progress: bool = True, **sampler_options: Any) -> Predictions:
+                  seed: int | None = 0, batch_size: int = 1024, progress: bool = True, sampler: str = "paper",
+                  **sampler_options: Any) -> Predictions:
     """CSP for every crystal of a table (given its atoms), ``num_samples`` each, as a predictions file.
 
-    ``sampler_options`` (``method``, ``schedule``, ``rho``, ``clip_lattice``, ``precision``) go to
-    :func:`diffcsp.sampler.sample`."""
+    ``sampler`` names a preset (default ``"paper"``: benchmarks reproduce the paper's sampler);
+    ``steps``/``step_lr`` and ``sampler_options`` (``method``, ``schedule``, ``rho``,
+    ``clip_lattice``, ``precision``) override it and go to :func:`diffcsp.sampler.sample`."""
+    preset = sampler_preset(sampler)
+    sampler_options = {**preset.options(), **sampler_options, **({"steps": steps} if steps is not None else {})}
+    steps = sampler_options.pop("steps")
     if model.is_gen:
         raise CompositionError("this is a generation model; use `diffcsp generate`")
     too_big = int((table.num_atoms > model.config.max_atoms).sum())
     if too_big:
         raise CompositionError(f"{too_big} crystals exceed the model's {model.config.max_atoms} atoms")
     dataset, split = table.source.get("dataset", model.config.dataset), table.source.get("split", "")
-    gamma = step_lr if step_lr is not None else default_step_lr(model, num_samples, dataset=dataset)
+    gamma = step_lr if step_lr is not None else default_step_lr(model, num_samples, dataset=dataset) * preset.step_lr_scale
     idx = np.tile(np.arange(len(table)), num_samples)  # sample-major: every crystal once, then again …
     atom_idx = table.atom_index(idx)
     result, meta = _timed_sample(model, table.num_atoms[idx], torch.as_tensor(table.numbers[atom_idx]), gamma,
                                  steps=steps, seed=seed, batch_size=batch_size, progress=progress, **sampler_options)
+    meta["sampler"] = sampler
     crystals = []
     for i in range(len(table)):
         rec = table.record(i)

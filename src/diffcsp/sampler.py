@@ -21,6 +21,7 @@ from diffcsp.diffusion import clamp_row_norms
 from diffcsp.lattice import lattice_from_params, params_from_lattice
 from diffcsp.model import DiffCSP
 from diffcsp.precision import autocast
+from diffcsp.variants import first_component, num_stages, stage_moves
 
 
 @dataclass
@@ -61,6 +62,35 @@ class SampleResult:
 
 METHODS = ("pc", "ddim", "heun")
 SCHEDULES = ("uniform", "power")
+
+
+@dataclass(frozen=True)
+class SamplerPreset:
+    """A named way to run :func:`sample`; ``step_lr_scale`` multiplies the dataset's corrector
+    step size γ (fewer steps mean fewer Langevin corrections, so each one may be larger)."""
+
+    steps: int | None
+    method: str = "pc"
+    schedule: str = "uniform"
+    rho: float = 1.0
+    step_lr_scale: float = 1.0
+
+    def options(self) -> dict:
+        """Keyword arguments of :func:`sample` (besides ``step_lr``)."""
+        return {"steps": self.steps, "method": self.method, "schedule": self.schedule, "rho": self.rho}
+
+
+#: ``paper``: T = 1000 predictor–corrector steps (2000 network calls), the reference.
+#: ``fast``: 50 predictor–corrector steps (100 calls) with a 10× corrector step; measured in
+#: BENCHMARKS.md ("Few-step sampling") against ``paper`` on the same model and crystals.
+SAMPLERS = {"paper": SamplerPreset(None), "fast": SamplerPreset(50, step_lr_scale=10.0)}
+
+
+def sampler_preset(name: str) -> SamplerPreset:
+    try:
+        return SAMPLERS[name]
+    except KeyError:
+        raise ValueError(f"unknown sampler {name!r}; use one of {', '.join(SAMPLERS)}") from None
 
 
 def time_schedule(timesteps: int, steps: int | None, schedule: str = "uniform", rho: float = 2.0) -> list[int]:
@@ -133,7 +163,8 @@ def sample(model: DiffCSP, num_atoms: torch.Tensor | list[int], atom_types: torc
         gen.seed()
     times = time_schedule(model.config.timesteps, steps, schedule, rho)
     chunks = [(lo, min(lo + batch_size, len(num_atoms))) for lo in range(0, len(num_atoms), batch_size)]
-    bar = tqdm(total=len(chunks) * len(times), desc="sampling", unit="step", disable=not progress)
+    bar = tqdm(total=len(chunks) * len(times) * num_stages(model.config.variant), desc="sampling", unit="step",
+               disable=not progress)
     bound = (model.config.lattice_bound or DEFAULT_LATTICE_BOUND) if clip_lattice else None
     out_types, out_frac, out_lat = [], [], []
     for lo, hi in chunks:
@@ -165,10 +196,23 @@ DEFAULT_LATTICE_BOUND = 100.0
 
 def _sample_chunk(model: DiffCSP, num_atoms: torch.Tensor, types: torch.Tensor | None, step_lr: float,
                   times: list[int], gen: torch.Generator, bar=None, lattice_bound: float | None = None, method: str = "pc",
-                  lattice_init: torch.Tensor | None = None, precision: str = "fp32"
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Sample one chunk. ``lattice_init`` replaces the drawn L_T (the random stream is the same
-    either way), so tests can start from a rotated lattice."""
+                  lattice_init: torch.Tensor | None = None, precision: str = "fp32", frac_init: torch.Tensor | None = None,
+                  stage: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sample one chunk. ``lattice_init``/``frac_init`` replace the drawn L_T/F_T (the random
+    stream is the same either way), so tests can start from a rotated lattice.
+
+    Two-stage variants (:mod:`diffcsp.variants`) run the whole reverse chain of the first
+    component (``stage`` 0; the other one is hidden from the network and does not move), then
+    the whole chain of the second from fresh noise with the first fixed at its result
+    (``stage`` 1). ``stage`` runs one of them alone (tests); None runs what the model needs."""
+    first = first_component(model.config.variant)
+    if first is not None and stage is None:
+        kwargs = dict(bar=bar, lattice_bound=lattice_bound, method=method, precision=precision)
+        _, frac0, lattice0 = _sample_chunk(model, num_atoms, types, step_lr, times, gen, lattice_init=lattice_init,
+                                           frac_init=frac_init, stage=0, **kwargs)
+        fixed = {"lattice_init": lattice0} if first == "lattice" else {"frac_init": frac0}
+        return _sample_chunk(model, num_atoms, types, step_lr, times, gen, stage=1, **fixed, **kwargs)
+    move_l, move_f = stage_moves(model.config.variant, stage)
     device = num_atoms.device
     B, N = len(num_atoms), int(num_atoms.sum())
     lproc, fproc = model.lattice_process, model.coord_process
@@ -183,33 +227,39 @@ def _sample_chunk(model: DiffCSP, num_atoms: torch.Tensor, types: torch.Tensor |
     if lattice_init is not None:
         lattice = lattice_init.to(device=device, dtype=lattice.dtype)
     frac = torch.rand(N, 3, generator=gen, device=device)
+    if frac_init is not None:
+        frac = frac_init.to(device=device, dtype=frac.dtype)
     types_x = randn(N, NUM_ELEMENTS) if model.is_gen else types
     net = model.net
+    stages = None if stage is None else torch.full((B,), stage, device=device, dtype=torch.long)
 
     def call(t: int, types_x, frac, lattice):
         with autocast(precision, device):
-            eps_l, eps_f, eps_a = net(types_x, frac, lattice, num_atoms, torch.full((B,), t, device=device, dtype=torch.long))
+            eps_l, eps_f, eps_a = net(types_x, frac, lattice, num_atoms, torch.full((B,), t, device=device, dtype=torch.long),
+                                      stages)
         eps_a = None if eps_a is None else eps_a.float()
         return eps_l.float(), eps_f.float() * fproc.lambdas[t].sqrt(), eps_a  # ŝ_F = ε̂_F·√λ_t
 
     for i, t in enumerate(times):
         s = times[i + 1] if i + 1 < len(times) else 0
         last = s == 0  # z = 0 in the last step, for corrector and predictor alike
-        # 1. corrector: Langevin on F at noise level σ_t
-        if step_lr > 0:
+        # 1. corrector: Langevin on F at noise level σ_t (two-stage: only while F is generated)
+        if step_lr > 0 and move_f:
             _, score_f, _ = call(t, types_x, frac, lattice)
             z = torch.zeros(N, 3, device=device) if last else randn(N, 3)
             frac = fproc.corrector_step(frac, score_f, t, step_lr, z)
-        # 2. predictor: every component from t to s
+        # 2. predictor: every component from t to s (two-stage: only the one being generated)
         eps_l, score_f, eps_a = call(t, types_x, frac, lattice)
         if method == "pc":
-            lattice = lproc.reverse_step(lattice, eps_l, t, s, None if last else randn(B, 3, 3), clip_x0=lat_clip)
-            frac = fproc.predictor_step(frac, score_f, t, s, None if last else randn(N, 3))
+            if move_l:
+                lattice = lproc.reverse_step(lattice, eps_l, t, s, None if last else randn(B, 3, 3), clip_x0=lat_clip)
+            if move_f:
+                frac = fproc.predictor_step(frac, score_f, t, s, None if last else randn(N, 3))
             if model.is_gen:
                 types_x = lproc.reverse_step(types_x, eps_a, t, s, None if last else randn(N, NUM_ELEMENTS), clip_x0=type_clip)
         else:
-            lat_s = lproc.ddim_step(lattice, eps_l, t, s, lat_clip)
-            frac_s = fproc.ddim_step(frac, score_f, t, s)
+            lat_s = lproc.ddim_step(lattice, eps_l, t, s, lat_clip) if move_l else lattice
+            frac_s = fproc.ddim_step(frac, score_f, t, s) if move_f else frac
             types_s = lproc.ddim_step(types_x, eps_a, t, s, type_clip) if model.is_gen else types_x
             if method == "heun" and not last:
                 # Heun: average the noise estimates at both ends (in the σ variable of each
@@ -217,8 +267,8 @@ def _sample_chunk(model: DiffCSP, num_atoms: torch.Tensor, types: torch.Tensor |
                 eps_l2, score_f2, eps_a2 = call(s, types_s, frac_s, lat_s)
                 sig_t, sig_s = fproc.sigmas[t], fproc.sigmas[s]
                 e_f = 0.5 * (sig_t * score_f + sig_s * score_f2)
-                lat_s = lproc.ddim_step(lattice, 0.5 * (eps_l + eps_l2), t, s, lat_clip)
-                frac_s = fproc.ddim_step(frac, e_f / sig_t, t, s)
+                lat_s = lproc.ddim_step(lattice, 0.5 * (eps_l + eps_l2), t, s, lat_clip) if move_l else lattice
+                frac_s = fproc.ddim_step(frac, e_f / sig_t, t, s) if move_f else frac
                 if model.is_gen:
                     types_s = lproc.ddim_step(types_x, 0.5 * (eps_a + eps_a2), t, s, type_clip)
             lattice, frac, types_x = lat_s, frac_s, types_s
