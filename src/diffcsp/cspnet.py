@@ -11,14 +11,21 @@ W·[h_i, h_j, G, ψ_ij] = W_1 h_i + W_2 h_j + W_3 G + W_4 ψ_ij, the node terms 
 per atom (N instead of N² rows), the lattice term once per crystal, and ψ_ij once per forward
 pass for all layers. The weights are still stored as one ``nn.Linear`` over the concatenation,
 so the straightforward formulation (kept in the tests) runs on the very same parameters.
+
+Variants (:mod:`diffcsp.variants`): the paper's ablations swap ψ for wrapped raw differences,
+G for L itself, or hide one component in the first stage of two-stage generation. They are
+options fixed at construction; the defaults build and run exactly the network described above.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
+
+from diffcsp.variants import wrap_differences
 
 NUM_ELEMENTS = 100
 
@@ -70,12 +77,13 @@ def size_buckets(num_atoms: torch.Tensor) -> list[tuple[int, torch.Tensor, torch
 class CSPLayer(nn.Module):
     """One message-passing layer: pre-LayerNorm, pair MLP, mean aggregation, node MLP, residual."""
 
-    def __init__(self, hidden: int, num_freqs: int):
+    def __init__(self, hidden: int, num_freqs: int, pair_dim: int | None = None):
+        """``pair_dim``: width of the pair features (default 6K, the Fourier features ψ)."""
         super().__init__()
         self.hidden = hidden
         self.norm = nn.LayerNorm(hidden)
         # edge_in acts on [h_i, h_j, G(9), ψ(6K)]; sliced in the fast path.
-        self.edge_in = nn.Linear(2 * hidden + 9 + 6 * num_freqs, hidden)
+        self.edge_in = nn.Linear(2 * hidden + 9 + (6 * num_freqs if pair_dim is None else pair_dim), hidden)
         self.edge_out = nn.Linear(hidden, hidden)
         self.node_mlp = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU())
         self.act = nn.SiLU()
@@ -118,44 +126,97 @@ class CSPLayer(nn.Module):
             agg = torch.zeros_like(x).index_copy(0, torch.cat([blk[2] for blk in blocks]), torch.cat(parts))
         return h + self.node_mlp(torch.cat([x, agg], dim=-1))
 
-    def forward_reference(self, h, gram, diff, num_freqs, src, dst, atom_crystal, edge_crystal, num_atoms):
-        """Straightforward formulation: concatenate per pair, then the full linear layer."""
+    def forward_reference(self, h, gram, diff, pair_features: Callable[[torch.Tensor], torch.Tensor], src, dst,
+                          atom_crystal, edge_crystal, num_atoms):
+        """Straightforward formulation: concatenate per pair, then the full linear layer.
+        ``pair_features`` maps the differences f_j − f_i to the pair input (ψ by default)."""
         x = self.norm(h)
-        feats = torch.cat([x[src], x[dst], gram[edge_crystal], fourier_features(diff, num_freqs)], dim=-1)
+        feats = torch.cat([x[src], x[dst], gram[edge_crystal], pair_features(diff)], dim=-1)
         msg = self.act(self.edge_out(self.act(self.edge_in(feats))))
         agg = torch.zeros_like(x).index_add_(0, src, msg) / num_atoms[atom_crystal].unsqueeze(-1).to(x.dtype)
         return h + self.node_mlp(torch.cat([x, agg], dim=-1))
 
 
 class CSPNet(nn.Module):
-    """φ(L_t, F_t, A, t) → (ε̂_L, ε̂_F[, ε̂_A]) (SPEC §5)."""
+    """φ(L_t, F_t, A, t) → (ε̂_L, ε̂_F[, ε̂_A]).
+
+    Options for the paper's ablations (:mod:`diffcsp.variants`; the defaults are the published
+    network): ``pair_features`` ``"fourier"`` (ψ, 6K numbers per pair) or ``"wrapped"`` (f_j − f_i
+    wrapped to [−½, ½), 3 numbers); ``lattice_features`` ``"gram"`` (L·Lᵀ) or ``"matrix"`` (L);
+    ``first_stage`` ``None``, ``"lattice"`` or ``"coords"``: a two-stage network, whose forward
+    takes ``stage`` (B,) and, in stage 0, zeroes the component generated second (coordinates,
+    resp. the lattice) before any feature is computed.
+    """
 
     def __init__(self, hidden: int = 512, num_layers: int = 6, num_freqs: int = 128, time_dim: int = 256,
-                 predict_types: bool = False):
+                 predict_types: bool = False, pair_features: str = "fourier", lattice_features: str = "gram",
+                 first_stage: str | None = None):
         super().__init__()
+        if pair_features not in ("fourier", "wrapped"):
+            raise ValueError(f"pair_features must be 'fourier' or 'wrapped', not {pair_features!r}")
+        if lattice_features not in ("gram", "matrix"):
+            raise ValueError(f"lattice_features must be 'gram' or 'matrix', not {lattice_features!r}")
+        if first_stage not in (None, "lattice", "coords"):
+            raise ValueError(f"first_stage must be None, 'lattice' or 'coords', not {first_stage!r}")
         self.hidden, self.num_freqs, self.time_dim = hidden, num_freqs, time_dim
         self.predict_types = predict_types
+        self.pair_features, self.lattice_features, self.first_stage = pair_features, lattice_features, first_stage
+        self.pair_dim = 6 * num_freqs if pair_features == "fourier" else 3
         # CSP embeds known types; generation sees noisy one-hot vectors, so a linear map.
         self.type_embed = nn.Linear(NUM_ELEMENTS, hidden) if predict_types else nn.Embedding(NUM_ELEMENTS + 1, hidden)
         self.input = nn.Linear(hidden + time_dim, hidden)
-        self.layers = nn.ModuleList(CSPLayer(hidden, num_freqs) for _ in range(num_layers))
+        self.layers = nn.ModuleList(CSPLayer(hidden, num_freqs, self.pair_dim) for _ in range(num_layers))
         self.final_norm = nn.LayerNorm(hidden)
         self.coord_out = nn.Linear(hidden, 3, bias=False)
         self.lattice_out = nn.Linear(hidden, 9, bias=False)
         self.type_out = nn.Linear(hidden, NUM_ELEMENTS, bias=False) if predict_types else None
+        # two-stage variants: which stage the network is in (added to every atom's input)
+        self.stage_embed = nn.Embedding(2, hidden) if first_stage is not None else None
 
-    def _embed(self, types, t, batch):
+    def _embed(self, types, t, batch, stage=None):
         emb = self.type_embed(types)
         temb = sinusoidal_embedding(t, self.time_dim)[batch]
-        return self.input(torch.cat([emb, temb], dim=-1))
+        h = self.input(torch.cat([emb, temb], dim=-1))
+        if self.stage_embed is not None:
+            h = h + self.stage_embed(stage)[batch]
+        return h
 
-    def _inputs(self, types, frac, lattice, num_atoms, t):
+    def _lattice_input(self, lattice: torch.Tensor) -> torch.Tensor:
+        """(B, 9): the Gram matrix L·Lᵀ (rotation invariant), or L itself for the ``no-o3`` variant."""
+        if self.lattice_features == "gram":
+            return (lattice @ lattice.transpose(-1, -2)).reshape(-1, 9)
+        return lattice.reshape(-1, 9)
+
+    def _pair_input(self, diff: torch.Tensor) -> torch.Tensor:
+        """(E, pair_dim): ψ(f_j − f_i), or the wrapped differences for the ``no-fourier`` variant."""
+        if self.pair_features == "fourier":
+            return fourier_features(diff, self.num_freqs)
+        return wrap_differences(diff)
+
+    def _hide_absent(self, frac, lattice, num_atoms, stage):
+        """Two-stage networks: in stage 0 the component generated second is zeroed, so nothing
+        about it reaches any layer (or the lattice head). One-stage networks take no stage."""
+        if self.first_stage is None:
+            if stage is not None:
+                raise ValueError("this network has no stages (stage must be None)")
+            return frac, lattice
+        if stage is None:
+            raise ValueError(f"a two-stage network ({self.first_stage} first) needs the stage of every crystal")
+        absent = stage == 0
+        if self.first_stage == "lattice":
+            frac = frac.masked_fill(torch.repeat_interleave(absent, num_atoms).unsqueeze(-1), 0.0)
+        else:
+            lattice = lattice.masked_fill(absent.view(-1, 1, 1), 0.0)
+        return frac, lattice
+
+    def _inputs(self, types, frac, lattice, num_atoms, t, stage=None):
+        frac, lattice = self._hide_absent(frac, lattice, num_atoms, stage)
         batch = torch.repeat_interleave(torch.arange(len(num_atoms), device=frac.device), num_atoms)
         src, dst = fully_connected_edges(num_atoms)
-        h = self._embed(types, t, batch)
-        gram = (lattice @ lattice.transpose(-1, -2)).reshape(-1, 9)
+        h = self._embed(types, t, batch, stage)
+        gram = self._lattice_input(lattice)
         diff = frac[dst] - frac[src]  # ψ is periodic, so the "mod 1" of SPEC §5 is implicit
-        return h, gram, diff, src, dst, batch, batch[src]
+        return h, gram, diff, src, dst, batch, batch[src], lattice
 
     def _heads(self, h, lattice, batch, num_atoms):
         h = self.final_norm(h)
@@ -167,21 +228,23 @@ class CSPNet(nn.Module):
         return eps_l, eps_f, eps_a
 
     def forward(self, types: torch.Tensor, frac: torch.Tensor, lattice: torch.Tensor, num_atoms: torch.Tensor,
-                t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                t: torch.Tensor, stage: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """``types``: (N,) atomic numbers (CSP) or (N, 100) noisy one-hots (generation);
-        ``frac`` (N, 3); ``lattice`` (B, 3, 3); ``num_atoms`` (B,); ``t`` (B,) integer times.
+        ``frac`` (N, 3); ``lattice`` (B, 3, 3); ``num_atoms`` (B,); ``t`` (B,) integer times;
+        ``stage`` (B,) 0 or 1, for two-stage networks only.
 
         Runs on size buckets (:func:`size_buckets`); :meth:`forward_edges` is the same network
         on a flat edge list and :meth:`forward_reference` the straightforward formulation."""
+        frac, lattice = self._hide_absent(frac, lattice, num_atoms, stage)
         batch = torch.repeat_interleave(torch.arange(len(num_atoms), device=frac.device), num_atoms)
-        h = self._embed(types, t, batch)
-        gram = (lattice @ lattice.transpose(-1, -2)).reshape(-1, 9)
+        h = self._embed(types, t, batch, stage)
+        gram = self._lattice_input(lattice)
         blocks = []
         buckets = size_buckets(num_atoms)
         for n, crystals, atoms in buckets:
             f = frac[atoms].view(-1, n, 3)
             diff = f.unsqueeze(1) - f.unsqueeze(2)  # [c, i, j] = f_j − f_i, as in the edge list
-            psi = fourier_features(diff.reshape(-1, 3), self.num_freqs).view(-1, n, n, 6 * self.num_freqs)
+            psi = self._pair_input(diff.reshape(-1, 3)).view(-1, n, n, self.pair_dim)
             whole = len(buckets) == 1  # one size: atoms are 0..N−1 in order, no gather needed
             blocks.append((n, crystals, None if whole else atoms, psi))
         for layer in self.layers:
@@ -189,18 +252,18 @@ class CSPNet(nn.Module):
         return self._heads(h, lattice, batch, num_atoms)
 
     def forward_edges(self, types: torch.Tensor, frac: torch.Tensor, lattice: torch.Tensor, num_atoms: torch.Tensor,
-                      t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                      t: torch.Tensor, stage: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The factorised network on a flat edge list (src-major pairs), kept for comparison."""
-        h, gram, diff, src, dst, batch, edge_crystal = self._inputs(types, frac, lattice, num_atoms, t)
-        psi = fourier_features(diff, self.num_freqs)
+        h, gram, diff, src, dst, batch, edge_crystal, lattice = self._inputs(types, frac, lattice, num_atoms, t, stage)
+        psi = self._pair_input(diff)
         inv_count = (1.0 / num_atoms.to(h.dtype))[batch].unsqueeze(-1)
         for layer in self.layers:
             h = layer(h, gram, psi, src, dst, batch, edge_crystal, inv_count)
         return self._heads(h, lattice, batch, num_atoms)
 
-    def forward_reference(self, types, frac, lattice, num_atoms, t):
+    def forward_reference(self, types, frac, lattice, num_atoms, t, stage=None):
         """The naive per-pair-concatenation network on the same weights (tests, benchmark)."""
-        h, gram, diff, src, dst, batch, edge_crystal = self._inputs(types, frac, lattice, num_atoms, t)
+        h, gram, diff, src, dst, batch, edge_crystal, lattice = self._inputs(types, frac, lattice, num_atoms, t, stage)
         for layer in self.layers:
-            h = layer.forward_reference(h, gram, diff, self.num_freqs, src, dst, batch, edge_crystal, num_atoms)
+            h = layer.forward_reference(h, gram, diff, self._pair_input, src, dst, batch, edge_crystal, num_atoms)
         return self._heads(h, lattice, batch, num_atoms)

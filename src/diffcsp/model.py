@@ -17,6 +17,7 @@ from torch import nn
 from diffcsp.batching import CrystalBatch
 from diffcsp.cspnet import NUM_ELEMENTS, CSPNet
 from diffcsp.diffusion import CosineDDPM, WrappedNormalVE
+from diffcsp.variants import DEFAULT_VARIANT, check_variant, first_component, network_options, two_stage_inputs, weighted_mse
 
 
 @dataclass
@@ -42,10 +43,13 @@ class ModelConfig:
     lattice_bound: float = 0.0
     #: elements seen in training (atomic numbers); predict() warns outside them.
     elements: list[int] = field(default_factory=list)
+    #: "joint" (the published model) or one of the paper's ablations, see :mod:`diffcsp.variants`
+    variant: str = DEFAULT_VARIANT
 
     def __post_init__(self) -> None:
         if self.task not in ("csp", "gen"):
             raise ValueError(f"task must be 'csp' or 'gen', not {self.task!r}")
+        check_variant(self.variant, self.task)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -68,7 +72,7 @@ class DiffCSP(nn.Module):
         super().__init__()
         self.config = config
         self.net = CSPNet(config.hidden, config.num_layers, config.num_freqs, config.time_dim,
-                          predict_types=config.task == "gen")
+                          predict_types=config.task == "gen", **network_options(config.variant))
         self.lattice_process = CosineDDPM(config.timesteps)
         self.coord_process = WrappedNormalVE(config.timesteps, config.sigma_begin, config.sigma_end,
                                              mc_samples=10_000 if compute_schedules else 0)
@@ -99,11 +103,23 @@ class DiffCSP(nn.Module):
         else:
             types_in = batch.atom_types
 
-        pred_l, pred_f, pred_a = self.net(types_in, frac_t, lattice_t, batch.num_atoms, t)
-        losses = {
-            "loss_lattice": F.mse_loss(pred_l, eps_l),
-            "loss_coord": F.mse_loss(pred_f, target_f),
-        }
+        first = first_component(self.config.variant)
+        if first is None:
+            pred_l, pred_f, pred_a = self.net(types_in, frac_t, lattice_t, batch.num_atoms, t)
+            losses = {
+                "loss_lattice": F.mse_loss(pred_l, eps_l),
+                "loss_coord": F.mse_loss(pred_f, target_f),
+            }
+        else:
+            # two-stage variants: a stage per crystal; each trains only the component it generates
+            stage = torch.randint(0, 2, (B,), device=device)
+            lattice_in, frac_in, w_l, w_f = two_stage_inputs(first, stage, batch.batch, batch.lattice, lattice_t,
+                                                             batch.frac_coords, frac_t)
+            pred_l, pred_f, pred_a = self.net(types_in, frac_in, lattice_in, batch.num_atoms, t, stage)
+            losses = {
+                "loss_lattice": weighted_mse(pred_l, eps_l, w_l),
+                "loss_coord": weighted_mse(pred_f, target_f, w_f),
+            }
         total = self.config.cost_lattice * losses["loss_lattice"] + self.config.cost_coord * losses["loss_coord"]
         if self.is_gen:
             losses["loss_type"] = F.mse_loss(pred_a, eps_a)

@@ -231,12 +231,13 @@ def _sample_chunk(model: DiffCSP, num_atoms: torch.Tensor, types: torch.Tensor |
         frac = frac_init.to(device=device, dtype=frac.dtype)
     types_x = randn(N, NUM_ELEMENTS) if model.is_gen else types
     net = model.net
-    stages = None if stage is None else torch.full((B,), stage, device=device, dtype=torch.long)
+    # two-stage networks take the stage as a sixth argument; others are called exactly as always
+    stage_arg = () if stage is None else (torch.full((B,), stage, device=device, dtype=torch.long),)
 
     def call(t: int, types_x, frac, lattice):
         with autocast(precision, device):
             eps_l, eps_f, eps_a = net(types_x, frac, lattice, num_atoms, torch.full((B,), t, device=device, dtype=torch.long),
-                                      stages)
+                                      *stage_arg)
         eps_a = None if eps_a is None else eps_a.float()
         return eps_l.float(), eps_f.float() * fproc.lambdas[t].sqrt(), eps_a  # ŝ_F = ε̂_F·√λ_t
 

@@ -369,6 +369,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     """Train (or resume) a run; returns the run directory. Exports the best model at the end."""
     if cfg.lr_schedule not in ("plateau", "cosine"):
         raise TrainingError(f"unknown learning-rate schedule {cfg.lr_schedule!r}; use 'plateau' or 'cosine'")
+    ModelConfig.from_dict(cfg.model)  # bad model settings (e.g. an unknown --variant) fail before any data is read
     run_dir = Path(cfg.out)
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
