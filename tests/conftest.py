@@ -12,7 +12,10 @@ Two kinds of data:
 
 from __future__ import annotations
 
+import csv
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +24,9 @@ from diffcsp.registry import default_data_dir
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE_DATA = REPO / "tests" / "fixtures" / "datasets"
+OPEN_LOG_TOOL = REPO / "tests" / "fixtures" / "open_log.py"
+#: A hang guard for CLI subprocesses (a stuck run must not hang the suite); no test asserts on speed.
+HANG_GUARD_SECONDS = 1200
 
 # One BLAS/OpenMP thread per process: tests start CLI subprocesses and worker pools, and on a
 # 2-core machine oversubscribed OpenMP threads spin-wait each other to a standstill.
@@ -87,3 +93,49 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# -- helpers for training runs through the CLI (imported by test_training and test_ddp) --------
+def logged_cli(open_log: Path, batch_log: Path, *args: str) -> subprocess.CompletedProcess:
+    """``diffcsp ARGS`` with every file it opens logged (tests/fixtures/open_log.py) and the crystal
+    ids of every training batch logged per rank ($DIFFCSP_LOG_BATCH_IDS, read by ``trained_ids``)."""
+    env = dict(os.environ, DIFFCSP_TEST_OPEN_LOG=str(open_log), DIFFCSP_LOG_BATCH_IDS=str(batch_log))
+    return subprocess.run([sys.executable, str(OPEN_LOG_TOOL), *args], capture_output=True, text=True,
+                          timeout=HANG_GUARD_SECONDS, env=env)
+
+
+def file_log(open_log: Path) -> list[tuple[int, str, str]]:
+    """(rank, 'r' or 'w', path) for every file a ``logged_cli`` run opened or renamed into place."""
+    entries = []
+    for line in open_log.read_text().splitlines():
+        rank, kind, path = line.split(" ", 2)
+        entries.append((int(rank), kind, path))
+    return entries
+
+
+def trained_ids(batch_log: Path, rank: int = 0) -> dict[int, list[str]]:
+    """Crystal ids of the training batches one rank saw, per epoch, in order."""
+    per_epoch: dict[int, list[str]] = {}
+    for line in (batch_log / f"rank{rank}.txt").read_text().splitlines():
+        epoch, *ids = line.split("\t")
+        per_epoch.setdefault(int(epoch), []).extend(ids)
+    return per_epoch
+
+
+def metrics_rows(run: Path) -> list[dict[str, str]]:
+    path = run / "metrics.csv"
+    if not path.is_file():
+        return []
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+def epochs_logged(run: Path) -> list[int]:
+    return [int(r["epoch"]) for r in metrics_rows(run)]
+
+
+def csv_ids(path: Path) -> list[str]:
+    """The material_id column of a benchmark CSV, read with pandas (independently of diffcsp's parser)."""
+    import pandas as pd
+
+    return [str(x) for x in pd.read_csv(path, index_col=0)["material_id"]]

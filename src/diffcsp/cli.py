@@ -139,8 +139,8 @@ def data_download(
 def train_cmd(
     dataset: Annotated[Optional[str], typer.Option("--dataset", help="Dataset name (see `diffcsp data stats`).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Run directory to create.")] = None,
-    preset: Annotated[str, typer.Option("--preset", help="'paper' (SPEC hyperparameters, GPU budget) or 'cpu' (small network, ~1 h on 2 cores for Perov-5).")] = "cpu",
-    task: Annotated[str, typer.Option("--task", help="'csp' (atom types given) or 'gen' (ab initio: types diffused too).")] = "csp",
+    preset: Annotated[Optional[str], typer.Option("--preset", help="'paper' (the paper's hyperparameters, GPU budget) or 'cpu' (small network, ~1 h on 2 cores for Perov-5). Default: cpu.")] = None,
+    task: Annotated[Optional[str], typer.Option("--task", help="'csp' (atom types given) or 'gen' (ab initio: types diffused too). Default: csp.")] = None,
     data_dir: DataDir = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Override the preset's number of epochs.")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Override the preset's batch size.")] = None,
@@ -148,15 +148,15 @@ def train_cmd(
     ema_decay: Annotated[Optional[float], typer.Option("--ema-decay", help="Decay of the exponential moving average of the weights used for validation, checkpoints and sampling (0: off, the paper's setting; default: the preset's).")] = None,
     lr_schedule: Annotated[Optional[str], typer.Option("--lr-schedule", help="'plateau' (the paper's ReduceLROnPlateau) or 'cosine' (warm-up, then cosine decay to the minimum at the last epoch).")] = None,
     precision: Annotated[Optional[str], typer.Option("--precision", help="'fp32' (default), 'bf16' (network under bf16 autocast, weights in fp32) or 'auto' (bf16 only on hardware with native support: AVX-512 BF16/AMX CPUs, recent GPUs).")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for initialisation, noise and data order.")] = 0,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for initialisation, noise and data order. Default: 0.")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Train on the first N crystals only (smoke tests).")] = None,
     hidden: Annotated[Optional[int], typer.Option("--hidden", help="Override the preset's CSPNet width.")] = None,
     num_layers: Annotated[Optional[int], typer.Option("--num-layers", help="Override the preset's number of message-passing layers.")] = None,
     num_freqs: Annotated[Optional[int], typer.Option("--num-freqs", help="Override the preset's Fourier frequency count K.")] = None,
     variant: Annotated[Optional[str], typer.Option("--variant", help="'joint' (default: the published model) or one of the paper's ablations: 'lattice-then-coords' / 'coords-then-lattice' (two-stage generation, one network trained on both stages), 'no-fourier' (raw wrapped coordinate differences instead of Fourier features), 'no-o3' (the lattice matrix instead of the rotation-invariant L·Lᵀ). Saved in the model config; see diffcsp.variants.")] = None,
-    accelerator: Annotated[str, typer.Option("--accelerator", help="Lightning accelerator: auto, cpu, gpu.")] = "auto",
-    devices: Annotated[str, typer.Option("--devices", help="Lightning devices (e.g. 4 for DDP on four GPUs).")] = "auto",
-    num_nodes: Annotated[int, typer.Option("--num-nodes", help="Number of nodes for multi-node DDP.")] = 1,
+    accelerator: Annotated[Optional[str], typer.Option("--accelerator", help="Lightning accelerator: auto, cpu, gpu. Default: auto.")] = None,
+    devices: Annotated[Optional[str], typer.Option("--devices", help="Lightning devices per node (e.g. 4 for DDP on four GPUs). Default: auto.")] = None,
+    num_nodes: Annotated[Optional[int], typer.Option("--num-nodes", help="Number of nodes for multi-node DDP. Default: 1.")] = None,
     threads: Threads = None,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this directory from its last checkpoint.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
@@ -164,37 +164,46 @@ def train_cmd(
     """Train a DiffCSP model; the run directory gets config, protocol, checkpoints, metrics and a plot."""
     import torch
 
-    from diffcsp.training import TrainConfig, load_run_config, train
+    from diffcsp.training import TrainConfig, is_global_zero, load_run_config, train
 
     with _Guard():
         if threads:
             torch.set_num_threads(threads)
         if resume is not None:
-            ignored = [name for name, value in {"--dataset": dataset, "--out": out, "--batch-size": batch_size, "--lr": lr,
-                                                "--ema-decay": ema_decay, "--lr-schedule": lr_schedule, "--precision": precision, "--limit": limit, "--hidden": hidden, "--num-layers": num_layers,
-                                                "--num-freqs": num_freqs, "--variant": variant}.items() if value is not None]
+            given = {"--dataset": dataset, "--out": out, "--preset": preset, "--task": task, "--data-dir": data_dir,
+                     "--batch-size": batch_size, "--lr": lr, "--ema-decay": ema_decay, "--lr-schedule": lr_schedule,
+                     "--precision": precision, "--seed": seed, "--limit": limit, "--hidden": hidden,
+                     "--num-layers": num_layers, "--num-freqs": num_freqs, "--variant": variant}
+            ignored = [name for name, value in given.items() if value is not None]
             if ignored:
                 raise ValueError(f"--resume continues the run with its saved settings; drop {', '.join(ignored)} "
-                                 "(only --epochs may change)")
+                                 "(only --epochs and the hardware options --accelerator/--devices/--num-nodes may change)")
             cfg = load_run_config(resume)
             cfg.out = str(resume)
-            if epochs is not None:  # lengthen (or shorten) a run; recorded in its config
-                cfg.epochs = epochs
-                from dataclasses import asdict
+            # lengthen (or shorten) a run, or move it to other hardware; recorded in its config
+            changes = {k: v for k, v in {"epochs": epochs, "accelerator": accelerator, "devices": devices,
+                                         "num_nodes": num_nodes}.items() if v is not None}
+            if changes:
+                for key, value in changes.items():
+                    setattr(cfg, key, value)
+                if is_global_zero():  # DDP re-runs this command in every process; one of them writes
+                    from dataclasses import asdict
 
-                from diffcsp.fileio import write_json
+                    from diffcsp.fileio import write_json
 
-                write_json(resume / "config.json", asdict(cfg))
+                    write_json(resume / "config.json", asdict(cfg))
             run = train(cfg, resume=True, progress=not quiet)
         else:
             if dataset is None or out is None:
                 raise ValueError("--dataset and --out are required (or --resume RUN_DIR)")
             model = {k: v for k, v in {"hidden": hidden, "num_layers": num_layers, "num_freqs": num_freqs, "variant": variant}.items() if v}
-            cfg = TrainConfig.from_preset(dataset, str(out), preset=preset, task=task, data_dir=str(data_dir) if data_dir else None, model=model,
+            cfg = TrainConfig.from_preset(dataset, str(out), preset=preset or "cpu", task=task or "csp",
+                                          data_dir=str(data_dir) if data_dir else None, model=model,
                                           epochs=epochs, batch_size=batch_size, lr=lr, ema_decay=ema_decay, lr_schedule=lr_schedule, precision=precision, seed=seed, limit=limit,
                                           accelerator=accelerator, devices=devices, num_nodes=num_nodes)
             run = train(cfg, progress=not quiet)
-        typer.echo(f"run finished: {run}  (best model exported to {run / 'model'})")
+        if is_global_zero():
+            typer.echo(f"run finished: {run}  (best model exported to {run / 'model'})")
 
 
 # -- prediction -------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import copy
 import csv
 import io
 import math
+import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader, Sampler
 
 from diffcsp.batching import TableDataset
@@ -152,12 +154,17 @@ class EpochSeededSampler(Sampler[int]):
 
 def train_loader(table: CrystalTable, batch_size: int, seed: int) -> DataLoader:
     dataset = TableDataset(table)
-    return DataLoader(dataset, batch_size=batch_size, sampler=EpochSeededSampler(len(table), seed), collate_fn=dataset.collate)
+    # Own generator: building an epoch's iterator draws a base seed from it instead of from torch's
+    # global RNG, so the training noise does not depend on when Lightning builds iterators (a
+    # resumed run builds its first one before the checkpoint's RNG state is restored).
+    return DataLoader(dataset, batch_size=batch_size, sampler=EpochSeededSampler(len(table), seed),
+                      collate_fn=dataset.collate, generator=torch.Generator().manual_seed(seed))
 
 
 def eval_loader(table: CrystalTable, batch_size: int) -> DataLoader:
     dataset = TableDataset(table)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=dataset.collate)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=dataset.collate,
+                      generator=torch.Generator())
 
 
 # -- Lightning pieces -----------------------------------------------------------------------
@@ -310,14 +317,20 @@ class MetricsLog(Callback):
         if trainer.sanity_checking:
             return
         m = trainer.callback_metrics
+        # DDP: every rank trained on its own shard (equal sizes), so the epoch's loss is the mean
+        # over ranks; all ranks take part in this reduction, then only rank 0 writes.
+        train_loss = float(trainer.strategy.reduce(torch.tensor(pl_module.pop_train_loss(), dtype=torch.float64),
+                                                   reduce_op="mean"))
         seconds = time.perf_counter() - self._epoch_start
         elapsed = (float(self.rows[-1]["elapsed_seconds"]) if self.rows else 0.0) + seconds
-        row = {"epoch": trainer.current_epoch, "train_loss": pl_module.pop_train_loss(),
+        row = {"epoch": trainer.current_epoch, "train_loss": train_loss,
                "val_loss": _f(m.get("val_loss")), "val_lattice": _f(m.get("val_lattice")),
                "val_coord": _f(m.get("val_coord")), "val_type": _f(m.get("val_type")),
                "lr": trainer.optimizers[0].param_groups[0]["lr"], "epoch_seconds": round(seconds, 3),
                "elapsed_seconds": round(elapsed, 3), "cpu_seconds": round(time.process_time() - self._cpu_start, 3)}
         self.rows = [r for r in self.rows if int(r["epoch"]) != row["epoch"]] + [row]
+        if not trainer.is_global_zero:
+            return
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS)
         writer.writeheader()
@@ -326,6 +339,26 @@ class MetricsLog(Callback):
             handle.write(buffer.getvalue())
         if (row["epoch"] + 1) % self.plot_every == 0 or row["epoch"] + 1 == trainer.max_epochs:
             plot_training_curve(self.run_dir / "metrics.csv", self.run_dir / "training_curve.png")
+
+
+class BatchIdLog(Callback):
+    """Test hook: with ``$DIFFCSP_LOG_BATCH_IDS=DIR`` every rank appends one line per training batch,
+    ``epoch<TAB>id<TAB>id...``, to ``DIR/rank<R>.txt``, so tests can check which crystals each
+    process trained on (no leakage, disjoint DDP shards) and where a kill landed."""
+
+    def __init__(self, folder: Path, ids: list[str]):
+        self.folder, self.ids = folder, ids
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / f"rank{trainer.global_rank}.txt", "a") as handle:
+            handle.write("\t".join([str(trainer.current_epoch), *(self.ids[i] for i in batch.index.tolist())]) + "\n")
+
+
+def is_global_zero() -> bool:
+    """True in the process that owns the run directory and the messages (DDP rank 0). Before the
+    Trainer exists this reads the rank from the environment Lightning's launcher sets."""
+    return rank_zero_only.rank == 0
 
 
 def _f(value) -> float | str:
@@ -386,11 +419,13 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         cfg.model["elements"] = sorted({int(z) for z in train_table.numbers})
         # twice the longest lattice vector seen: generous, but stops a runaway first step
         cfg.model["lattice_bound"] = round(2 * float(np.linalg.norm(train_table.lattices, axis=-1).max()), 2)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / "config.json", asdict(cfg))
-        write_json(run_dir / "protocol.json", protocol)
-    print(f"data protocol: {protocol['name']} — train {protocol['train_size']} crystals ({protocol['train']}), "
-          f"validation {protocol['val_size']} ({protocol['val']})")
+        if is_global_zero():  # DDP re-runs this command in every process; one of them writes
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_json(run_dir / "config.json", asdict(cfg))
+            write_json(run_dir / "protocol.json", protocol)
+    if is_global_zero():
+        print(f"data protocol: {protocol['name']} — train {protocol['train_size']} crystals ({protocol['train']}), "
+              f"validation {protocol['val_size']} ({protocol['val']})")
 
     module = DiffCSPModule(cfg.model, lr=cfg.lr, lr_factor=cfg.lr_factor, lr_patience=cfg.lr_patience, min_lr=cfg.min_lr,
                            ema_decay=cfg.ema_decay, lr_schedule=cfg.lr_schedule)
@@ -399,6 +434,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_loss", mode="min", save_top_k=1,
                         save_last=True, enable_version_counter=False),
     ]
+    if os.environ.get("DIFFCSP_LOG_BATCH_IDS"):
+        callbacks.append(BatchIdLog(Path(os.environ["DIFFCSP_LOG_BATCH_IDS"]), train_table.ids))
     if progress:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, math.ceil(len(train_table) / cfg.batch_size) // 2)))
     trainer = L.Trainer(
@@ -411,6 +448,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     trainer.fit(module, train_loader(train_table, cfg.batch_size, cfg.seed), eval_loader(val_table, cfg.batch_size),
                 ckpt_path=str(last) if resume else None)
     wall = time.perf_counter() - start
+    if not trainer.is_global_zero:  # rank 0 exports the model and draws the curve
+        return run_dir
     best = ckpt_dir / "best.ckpt"
     from diffcsp.checkpoint import load_model
 
