@@ -27,9 +27,14 @@ and a smoke test of the whole pipeline on a tiny budget:
 
     python bench/ablations.py --epochs 2 --limit 64 --test-limit 8 --runs /tmp/abl-runs --out /tmp/abl --tag smoke
 
-Cost on a 2-core CPU: one Perov-5 epoch of the cpu preset takes ~3–5 s on one core and a
-Carbon-24 epoch about twice that, so --epochs 100 trains each Perov-5 variant in ~6–8 min and
-each Carbon-24 variant in ~15 min. Sampling runs two full chains for the two-stage variants.
+Cost, measured on the project's shared 2-core machine (so wall times are pessimistic): a
+Perov-5 epoch of the cpu preset takes ~2.2 CPU-seconds (7–9 s wall under load), a Carbon-24
+epoch about twice that; the `fast` sampler (50 steps) needs ~0.1 s per Perov-5 crystal for
+`joint` and ~1.5× that for the two-stage variants (two chains, the corrector only in the
+coordinate chain); the official-rule evaluation of all 3,785 Perov-5 test crystals took
+2,829 s with one worker under load (CrystalNN fingerprints dominate), so --test-limit is the
+knob that bounds the run time.
+
 Data protocol: as for `diffcsp train` (val→test when the official train split is absent).
 """
 
