@@ -43,7 +43,7 @@ class Setting:
     def parse(cls, text: str) -> Setting:
         parts = text.split(":")
         method, steps = parts[0], int(parts[1])
-        out = cls(method, steps, corrector=method == "pc")
+        out = cls(method, steps, corrector=method.startswith("pc"))
         for part in parts[2:]:
             if part.startswith("power"):
                 out.schedule, out.rho = "power", float(part[5:] or 2)
@@ -52,7 +52,7 @@ class Setting:
             elif part in ("corrector", "nocorrector"):
                 out.corrector = part == "corrector"
             elif part.startswith("lr"):
-                out.lr_scale = float(part[2:])
+                out.corrector, out.lr_scale = True, float(part[2:])
             else:
                 raise SystemExit(f"cannot read setting part {part!r} in {text!r}")
         return out

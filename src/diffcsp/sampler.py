@@ -60,7 +60,7 @@ class SampleResult:
         return out
 
 
-METHODS = ("pc", "ddim", "heun")
+METHODS = ("pc", "pc-ddim-lattice", "ddim", "heun")
 SCHEDULES = ("uniform", "power")
 
 
@@ -138,6 +138,7 @@ def sample(model: DiffCSP, num_atoms: torch.Tensor | list[int], atom_types: torc
     stream depends only on ``seed`` and the chunking.
 
     ``method``: ``"pc"`` is the paper's predictor–corrector sampler (ancestral predictor);
+    ``"pc-ddim-lattice"`` keeps it for the coordinates but moves the lattice by DDIM steps;
     ``"ddim"`` replaces the predictor by deterministic DDIM steps (lattice, types) and their
     variance-exploding analogue (coordinates); ``"heun"`` adds a second-order correction to
     those (one more network call per step). The Langevin corrector runs before every predictor
@@ -251,8 +252,10 @@ def _sample_chunk(model: DiffCSP, num_atoms: torch.Tensor, types: torch.Tensor |
             frac = fproc.corrector_step(frac, score_f, t, step_lr, z)
         # 2. predictor: every component from t to s (two-stage: only the one being generated)
         eps_l, score_f, eps_a = call(t, types_x, frac, lattice)
-        if method == "pc":
-            if move_l:
+        if method in ("pc", "pc-ddim-lattice"):
+            if move_l and method == "pc-ddim-lattice":
+                lattice = lproc.ddim_step(lattice, eps_l, t, s, lat_clip)
+            elif move_l:
                 lattice = lproc.reverse_step(lattice, eps_l, t, s, None if last else randn(B, 3, 3), clip_x0=lat_clip)
             if move_f:
                 frac = fproc.predictor_step(frac, score_f, t, s, None if last else randn(N, 3))
