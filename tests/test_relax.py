@@ -219,3 +219,17 @@ def test_predict_relax_end_to_end(tmp_path):
         assert (out / r["file"]).is_file() and r["file"].startswith(f"rank{int(r['rank']):02d}_SrTiO3")
         assert Structure.from_file(out / r["file"]).composition.reduced_formula == "SrTiO3"
     assert "distinct structure" in res.output
+
+
+def test_pressure_compresses_diamond_by_its_bulk_modulus():
+    """At 10 GPa diamond (bulk modulus 443 GPa, experiment) shrinks by ~P/B = 2.3 % in volume, and
+    the ranked quantity is the enthalpy (E + PV)/N."""
+    diamond = Structure(Lattice.cubic(3.567), ["C"] * 8, [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5],
+                        [0.25, 0.25, 0.25], [0.75, 0.75, 0.25], [0.75, 0.25, 0.75], [0.25, 0.75, 0.75]])
+    zero, squeezed = (relax_structures([diamond], fmax=0.02, steps=100, workers=1, progress=False, pressure=p)[0]
+                      for p in (0.0, 10.0))
+    assert zero.status == squeezed.status == CONVERGED
+    shrink = 1 - squeezed.structure.volume / zero.structure.volume
+    assert 0.015 < shrink < 0.035, shrink
+    pv = 10.0 / 160.21766208 * squeezed.structure.volume / len(diamond)  # eV/atom
+    assert squeezed.energy_per_atom - zero.energy_per_atom == pytest.approx(pv, abs=0.01)  # E barely changes

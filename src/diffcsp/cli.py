@@ -386,6 +386,7 @@ def relax_cmd(
     fmax: Fmax = 0.05,
     relax_steps: RelaxSteps = 500,
     symprec: RelaxSymprec = None,
+    pressure: Annotated[float, typer.Option("--pressure", help="Hydrostatic pressure in GPa; energies are then enthalpies (E + PV)/N.")] = 0.0,
     workers: Annotated[Optional[int], typer.Option("--workers", help="Worker processes, one torch thread each (default: all cores).")] = None,
 ) -> None:
     """Relax every sample with CHGNet and pick each crystal's lowest-energy sample.
@@ -405,7 +406,8 @@ def relax_cmd(
             stem = predictions.name.removesuffix(".gz").removesuffix(".json")
             out = predictions.with_name(f"{stem}.relaxed.json.gz")
         try:
-            relaxed = relax_predictions(preds, fmax=fmax, steps=relax_steps, workers=workers, symprec=symprec)
+            relaxed = relax_predictions(preds, fmax=fmax, steps=relax_steps, workers=workers, symprec=symprec,
+                                        pressure=pressure)
         except ImportError as exc:
             raise ValueError(str(exc)) from None
         relaxed.meta["relaxed_from"] = str(predictions)

@@ -59,8 +59,8 @@ class RelaxResult:
     status: str
     structure: Structure | None  #: final structure (None when the relaxation never started)
     initial_structure: Structure | None
-    energy_per_atom: float | None  #: final energy (None unless finite)
-    initial_energy_per_atom: float | None  #: single-point energy of the input
+    energy_per_atom: float | None  #: final energy (None unless finite); the enthalpy (E + PV)/N under pressure
+    initial_energy_per_atom: float | None  #: single-point energy (enthalpy) of the input
     steps: int = 0
     max_force: float | None = None  #: largest atomic force at the end
     max_stress: float | None = None  #: largest absolute stress component at the end
@@ -135,7 +135,7 @@ def _finite(x: Any) -> float | None:
 
 
 def relax_one(crystal: dict[str, Any] | None, fmax: float = 0.05, steps: int = 500, index: int = 0,
-              symprec: float | None = None) -> dict[str, Any]:
+              symprec: float | None = None, pressure: float = 0.0) -> dict[str, Any]:
     """Relax one structure (predictions-file dict) and return a picklable result dict.
 
     Never raises for a bad structure: the ``status`` says what happened. ``None`` (a sample the
@@ -143,6 +143,8 @@ def relax_one(crystal: dict[str, Any] | None, fmax: float = 0.05, steps: int = 5
     snapped onto the space group spglib finds at that tolerance (Å) and relaxed within it (ASE's
     ``FixSymmetry``): a high-symmetry sample then cannot slide into a lower-symmetry minimum —
     useful when the question is "which of these space groups", as in the Perov-5 benchmark.
+    ``pressure`` (GPa): relax under this hydrostatic pressure; energies are then enthalpies
+    (E + PV)/N, the quantity that decides stability there (Carbon-24 was searched at 10 GPa).
     """
     from diffcsp.metrics import is_structurally_valid
 
@@ -173,12 +175,16 @@ def relax_one(crystal: dict[str, Any] | None, fmax: float = 0.05, steps: int = 5
             atoms.set_constraint(FixSymmetry(atoms, symprec=symprec))
         atoms.calc = load_potential()
         n = len(atoms)
-        optimizer = FIRE(FrechetCellFilter(atoms), logfile=None)
+        optimizer = FIRE(FrechetCellFilter(atoms, scalar_pressure=pressure * _GPA), logfile=None)
+
+        def per_atom() -> float | None:  # energy, or enthalpy under pressure
+            return _finite((atoms.get_potential_energy() + pressure * _GPA * atoms.get_volume()) / n)
+
         converged = False
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for converged in optimizer.irun(fmax=fmax, steps=steps):
-                energy = _finite(atoms.get_potential_energy() / n)
+                energy = per_atom()
                 if out["initial_energy_per_atom"] is None and optimizer.nsteps == 0:
                     out["initial_energy_per_atom"] = energy
                 volume = atoms.get_volume() / n
@@ -197,7 +203,7 @@ def relax_one(crystal: dict[str, Any] | None, fmax: float = 0.05, steps: int = 5
         final = AseAtomsAdaptor.get_structure(atoms)
         out["crystal"] = structure_to_dict(final)
         if out["status"] in RANKABLE:
-            out["energy_per_atom"] = _finite(atoms.get_potential_energy() / n)
+            out["energy_per_atom"] = per_atom()
             out["max_force"] = _finite(np.linalg.norm(atoms.get_forces(), axis=1).max())
             out["max_stress"] = _finite(np.abs(atoms.get_stress()).max() / _GPA)
             if out["energy_per_atom"] is None:
@@ -235,13 +241,14 @@ def _worker_init() -> None:
 
 
 def relax_structures(structures: Sequence[Structure | dict[str, Any] | None], fmax: float = 0.05, steps: int = 500,
-                     workers: int | None = None, progress: bool = True, symprec: float | None = None) -> list[RelaxResult]:
+                     workers: int | None = None, progress: bool = True, symprec: float | None = None,
+                     pressure: float = 0.0) -> list[RelaxResult]:
     """Relax every structure (cell + positions); results in input order, failures as statuses.
 
     ``workers`` defaults to the number of cores (at most one per structure). With one worker the
     relaxations run in this process, reusing its already loaded potential; otherwise in fresh
     (forkserver/spawn) processes, each loading the potential once. ``symprec``: relax within the
-    space group found at this tolerance (see :func:`relax_one`); default: unconstrained.
+    space group found at this tolerance, ``pressure`` in GPa (see :func:`relax_one`).
     """
     if fmax <= 0 or steps < 1:
         raise ValueError(f"fmax must be > 0 and steps ≥ 1 (got fmax={fmax}, steps={steps})")
@@ -254,14 +261,14 @@ def relax_structures(structures: Sequence[Structure | dict[str, Any] | None], fm
         if workers == 1:
             load_potential()
             for i, crystal in enumerate(crystals):
-                raw[i] = relax_one(crystal, fmax, steps, i, symprec)
+                raw[i] = relax_one(crystal, fmax, steps, i, symprec, pressure)
                 bar.update(1)
         else:
             methods = multiprocessing.get_all_start_methods()
             ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
             pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init)
             try:
-                futures = {pool.submit(relax_one, c, fmax, steps, i, symprec): i for i, c in enumerate(crystals)}
+                futures = {pool.submit(relax_one, c, fmax, steps, i, symprec, pressure): i for i, c in enumerate(crystals)}
                 for future in as_completed(futures):
                     i = futures[future]
                     try:
@@ -403,7 +410,7 @@ def relax_rank_and_write(structures: Sequence[Structure | None], out_dir: str | 
 
 
 def relax_predictions(preds: Predictions, fmax: float = 0.05, steps: int = 500, workers: int | None = None,
-                      progress: bool = True, symprec: float | None = None) -> Predictions:
+                      progress: bool = True, symprec: float | None = None, pressure: float = 0.0) -> Predictions:
     """Relax every sample of a CSP predictions file; a new file whose samples are the relaxed ones.
 
     Each sample dict keeps the usual keys (the relaxed structure, so ``diffcsp evaluate`` scores
@@ -415,7 +422,8 @@ def relax_predictions(preds: Predictions, fmax: float = 0.05, steps: int = 500, 
         raise ValueError(f"relaxation of benchmark predictions needs a 'csp' file, got task {preds.task!r}")
     flat = [s for c in preds.crystals for s in c["samples"]]
     start = time.perf_counter()
-    results = relax_structures(flat, fmax=fmax, steps=steps, workers=workers, progress=progress, symprec=symprec)
+    results = relax_structures(flat, fmax=fmax, steps=steps, workers=workers, progress=progress, symprec=symprec,
+                               pressure=pressure)
     seconds = time.perf_counter() - start
     crystals, i = [], 0
     for c in preds.crystals:
@@ -431,7 +439,8 @@ def relax_predictions(preds: Predictions, fmax: float = 0.05, steps: int = 500, 
             samples.append(relaxed)
         crystals.append({**c, "samples": samples})
     statuses = {s: sum(r.status == s for r in results) for s in (CONVERGED, UNCONVERGED, DIVERGED, FAILED, INVALID)}
-    meta = {**preds.meta, "relax": {**potential_info(), "fmax": fmax, "steps": steps, "symprec": symprec, "seconds": round(seconds, 1),
+    meta = {**preds.meta, "relax": {**potential_info(), "fmax": fmax, "steps": steps, "symprec": symprec, "pressure_GPa": pressure,
+                                    "energy": "enthalpy (E + PV)/N" if pressure else "E/N", "seconds": round(seconds, 1),
                                     "seconds_per_relaxation": round(sum(r.seconds for r in results) / max(len(results), 1), 3),
                                     "statuses": statuses}}
     return Predictions(preds.task, preds.dataset, preds.split, preds.num_samples, meta=meta, crystals=crystals)
