@@ -430,7 +430,7 @@ def evaluate_cmd(
     workers: Annotated[Optional[int], typer.Option("--workers", help="Worker processes (default: all cores).")] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds allowed per StructureMatcher pair.")] = 60.0,
     reference_limit: Annotated[Optional[int], typer.Option("--reference-limit", help="Generation: compare with the first N crystals of the reference split only.")] = None,
-    rule: Annotated[str, typer.Option("--rule", help="CSP validity rule: 'official' (the DiffCSP authors' rule, see above) or 'structure' (structural validity of the prediction only, as diffcsp <= 0.1 reported).")] = "official",
+    rule: Annotated[str, typer.Option("--rule", help="CSP validity rule: 'official' (the DiffCSP authors' rule, see above) or 'structure' (structural validity of the prediction only; the earlier default).")] = "official",
     comp_scaler: Annotated[Optional[str], typer.Option("--comp-scaler", help="Generation: standardise composition fingerprints for coverage with CDVAE's fixed statistics ('cdvae', the published protocol; default) or with the reference split's own mean/std ('reference').")] = None,
     data_dir: DataDir = None,
 ) -> None:
