@@ -23,6 +23,7 @@ import math
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from diffcsp.variants import wrap_differences
@@ -118,8 +119,16 @@ class CSPLayer(nn.Module):
             c = psi.shape[0]
             ni = node_i if atoms is None else node_i[atoms]
             nj = node_j if atoms is None else node_j[atoms]
-            pre = psi @ w_psi + ni.view(c, n, 1, H) + nj.view(c, 1, n, H) + lat[crystals].view(c, 1, 1, H)
-            parts.append(self.act(self.edge_out(self.act(pre))).mean(2).reshape(c * n, H))
+            # In-place sums into the fresh matmul output: one (c, n, n, H) buffer instead of three
+            # (autograd allows it, the product's backward does not need its output).
+            pre = psi @ w_psi
+            pre += ni.view(c, n, 1, H)
+            pre += nj.view(c, 1, n, H)
+            pre += lat[crystals].view(c, 1, 1, H)
+            hidden = F.silu(pre, inplace=not torch.is_grad_enabled())
+            msg = self.edge_out(hidden)
+            msg = F.silu(msg, inplace=not torch.is_grad_enabled())
+            parts.append(msg.mean(2).reshape(c * n, H))
         if len(parts) == 1 and blocks[0][2] is None:
             agg = parts[0]
         else:
