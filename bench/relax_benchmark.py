@@ -368,9 +368,9 @@ def _markdown(summary: dict[str, Any], args: argparse.Namespace, records: list[d
     for dataset, e in summary.items():
         g = e["best_candidate_minus_gt_meV_per_atom"]
         lines.append(f"- **{dataset}**: relaxed energy of the best candidate minus relaxed ground truth: median {g['median']:.1f} meV/atom "
-                     f"(min {g['min']:.1f}, max {g['max']:.1f}); in {g['below_gt_by_more_than_5meV']} of {g['n']} crystals a candidate "
-                     f"that is not the ground truth structure (or a differently relaxed copy) lies > 5 meV/atom *below* the relaxed ground truth, "
-                     f"i.e. CHGNet ranks it first. Ground-truth relaxations: {e['gt_relaxed_statuses']}. Sample statuses: {e['statuses']}.")
+                     f"(min {g['min']:.1f}, max {g['max']:.1f}); in {g['below_gt_by_more_than_5meV']} of {g['n']} crystals the lowest relaxed candidate "
+                     f"lies > 5 meV/atom *below* the relaxed ground truth: CHGNet prefers another minimum to the ground truth's own. "
+                     f"Ground-truth relaxations: {e['gt_relaxed_statuses']}. Sample statuses: {e['statuses']}.")
     lines += ["", "Per crystal: `per_crystal.csv`; scatter of energy above the best candidate against RMSE: `energy_vs_rmse.png`; "
               "raw relaxations: `work.jsonl`; numbers: `summary.json`.", "", "## Command", "", "```",
               f"python bench/relax_benchmark.py --out {args.out} --limit {args.limit} --k {args.k} --fmax {args.fmax} --steps {args.steps}"

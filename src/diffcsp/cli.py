@@ -228,7 +228,7 @@ def predict_cmd(
     step_lr: Annotated[Optional[float], typer.Option("--step-lr", help="Corrector step size γ (default: the paper's value for the model's dataset, times the preset's scale).")] = None,
     seed: Seed = 0,
     threads: Annotated[int, typer.Option("--threads", help="CPU threads for torch (a few small cells: one is fastest).")] = 1,
-    relax: Annotated[bool, typer.Option("--relax", help="Relax every sample with the pretrained CHGNet potential (pip install \"diffcsp[relax]\"), merge equivalent results and rank them by energy: OUT gets rankNN_ files and the ranked summary.csv, the raw samples go to OUT/samples/.")] = False,
+    relax: Annotated[bool, typer.Option("--relax", help="Relax every sample with the pretrained CHGNet potential (needs the package's 'relax' extra), merge equivalent results and rank them by energy: OUT gets rankNN_ files and the ranked summary.csv, the raw samples go to OUT/samples/.")] = False,
     fmax: Fmax = 0.05,
     relax_steps: RelaxSteps = 500,
 ) -> None:
