@@ -95,7 +95,7 @@ def check_rule(rule: str) -> None:
         missing = [name for name in ("smact", "matminer") if importlib.util.find_spec(name) is None]
         if missing:
             raise DependencyError(
-                f"the official metric rule needs {' and '.join(missing)}: pip install 'diffcsp[gen]' "
+                f"the official metric rule needs {' and '.join(missing)}: pip install {' '.join(missing)} "
                 "(or evaluate with --rule structure)"
             )
 
