@@ -492,7 +492,7 @@ def test_official_rule_without_smact_is_a_clear_error(monkeypatch: pytest.Monkey
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "smact" else real(name, *a))
-    with pytest.raises(DependencyError, match=r"needs smact: pip install 'diffcsp\[gen\]' \(or evaluate with --rule structure\)"):
+    with pytest.raises(DependencyError, match=r"needs smact: pip install smact \(or evaluate with --rule structure\)"):
         evaluate_csp([("s", "SrTiO3", srtio3(), [srtio3()])], workers=1, progress=False)
     assert evaluate_csp([("s", "SrTiO3", srtio3(), [srtio3()])], workers=1, progress=False,
                         rule="structure").summary()["match_rate"] == 1.0  # fmt: skip
