@@ -1,0 +1,70 @@
+"""Validation loss against training compute for several runs, in one plot.
+
+Each run's ``metrics.csv`` gives the validation loss per epoch. The x axis is CPU seconds
+(``cpu_seconds``, this process's CPU time, which stays comparable when the machine is shared);
+for a run recorded before that column existed, ``--cpu-per-epoch RUN=SECONDS`` supplies the
+per-epoch CPU time measured for the same settings on the machine being compared (e.g. from
+another run of the same network, batch size and precision).
+
+    python bench/training_curves.py runs/perov_5_cpu runs/perov_5_cpu_fast \\
+        --cpu-per-epoch runs/perov_5_cpu=2.16 --target 0.8240 --out bench/results/training/perov_5.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+
+def load(run: Path, cpu_per_epoch: float | None) -> tuple[list[float], list[float], str]:
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    cfg = json.loads((run / "config.json").read_text())
+    label = (f"{run.name}: batch {cfg['batch_size']}, lr {cfg['lr']:g} {cfg.get('lr_schedule', 'plateau')}, "
+             f"EMA {cfg.get('ema_decay', 0) or 'off'}, {cfg.get('precision', 'fp32')}")
+    seconds, total = [], 0.0
+    for r in rows:
+        total += cpu_per_epoch if cpu_per_epoch is not None else float(r["cpu_seconds"])
+        seconds.append(total)
+    return seconds, [float(r["val_loss"]) for r in rows], label
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", type=Path)
+    p.add_argument("--cpu-per-epoch", action="append", default=[], help="RUN=SECONDS for runs without cpu_seconds")
+    p.add_argument("--target", type=float, default=None, help="draw this validation loss and report when each run reaches it")
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args()
+    fixed = {Path(k): float(v) for k, v in (item.split("=", 1) for item in args.cpu_per_epoch)}
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for run in args.runs:
+        seconds, losses, label = load(run, fixed.get(run))
+        ax.plot(seconds, losses, label=label, lw=1.2)
+        best = min(losses)
+        reach = next((s for s, v in zip(seconds, losses) if args.target is not None and v <= args.target), None)
+        print(f"{run}: best val loss {best:.4f} after {seconds[losses.index(best)]:.0f} CPU s; "
+              f"{'reaches %.4f at %.0f CPU s' % (args.target, reach) if reach is not None else 'does not reach the target'}"
+              f"; {seconds[-1]:.0f} CPU s in all")
+    if args.target is not None:
+        ax.axhline(args.target, color="k", ls=":", lw=1, label=f"target {args.target:g}")
+    ax.set_xlabel("training CPU seconds (one thread)")
+    ax.set_ylabel("validation loss")
+    ax.set_ylim(top=min(1.3, ax.get_ylim()[1]))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.out, dpi=110)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
