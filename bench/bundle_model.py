@@ -55,7 +55,7 @@ def main() -> None:
         f"{meta.get('best_val_loss'):.4f}.",
         f"- Command: `diffcsp train --dataset {cfg.dataset} --preset {config['preset']}"
         f"{' --task gen' if cfg.task == 'gen' else ''} --out {run}`", "",
-        "## Metrics (`diffcsp evaluate`, SPEC §7)", "",
+        "## Metrics (`diffcsp evaluate`; protocol: docs/method.md §Evaluation)", "",
     ]
     if metrics:
         lines += ["| split | crystals | k | match rate (%) | RMSE | valid (%) |", "| --- | --- | --- | --- | --- | --- |"]

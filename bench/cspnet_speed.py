@@ -26,7 +26,7 @@ import torch
 
 from diffcsp.cspnet import NUM_ELEMENTS, CSPNet
 
-#: atoms-per-cell distributions resembling the datasets (SPEC §1 maxima)
+#: atoms-per-cell distributions resembling the datasets (up to the datasets' atom limits)
 DATASET_SIZES = {
     "perov": lambda rng, n: np.full(n, 5),
     "carbon": lambda rng, n: rng.choice([6, 8, 10, 12, 16, 20, 24], n),

@@ -1,4 +1,4 @@
-"""CSPNet: the periodic-E(3)-equivariant denoiser of DiffCSP (SPEC §5).
+"""CSPNet: the periodic-E(3)-equivariant denoiser of DiffCSP (docs/method.md §Network).
 
 The only geometric inputs are the Gram matrix G = L·Lᵀ (rotation invariant) and Fourier
 features of fractional differences f_j − f_i (translation invariant, periodic), so invariance
@@ -224,7 +224,7 @@ class CSPNet(nn.Module):
         src, dst = fully_connected_edges(num_atoms)
         h = self._embed(types, t, batch, stage)
         gram = self._lattice_input(lattice)
-        diff = frac[dst] - frac[src]  # ψ is periodic, so the "mod 1" of SPEC §5 is implicit
+        diff = frac[dst] - frac[src]  # ψ is periodic, so the "mod 1" of docs/method.md §Network is implicit
         return h, gram, diff, src, dst, batch, batch[src], lattice
 
     def _heads(self, h, lattice, batch, num_atoms):

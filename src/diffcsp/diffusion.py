@@ -1,4 +1,4 @@
-"""The two corruption processes of DiffCSP (SPEC §3) and their reverse steps (SPEC §6).
+"""The two corruption processes of DiffCSP and their reverse steps (docs/method.md).
 
 * :class:`CosineDDPM` – variance-preserving DDPM with the cosine schedule. Used for the lattice
   and, in ab initio generation, for one-hot atom types.
@@ -8,7 +8,7 @@
 Schedules are tensors indexed by the integer time t = 0..T (index 0 is the clean state), stored
 as buffers so they travel with the model's weights. Reverse steps take a pair (t, s) with s < t
 so that a sampler may skip steps (respaced DDPM, Nichol & Dhariwal 2021); with s = t − 1 they
-are exactly the formulas of SPEC §6.
+are exactly the paper's formulas (docs/method.md §Sampling).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ X0Clip = float | Callable[[torch.Tensor], torch.Tensor] | None
 
 
 def cosine_betas(timesteps: int, s: float = 0.008) -> torch.Tensor:
-    """β_1..β_T of the cosine schedule, clipped to [1e-4, 0.9999] (SPEC §3)."""
+    """β_1..β_T of the cosine schedule, clipped to [1e-4, 0.9999] (docs/method.md §Noise processes)."""
     x = torch.linspace(0, timesteps, timesteps + 1, dtype=torch.float64)
     f = torch.cos(((x / timesteps) + s) / (1 + s) * math.pi * 0.5) ** 2
     alpha_bar = f / f[0]
@@ -32,7 +32,7 @@ def cosine_betas(timesteps: int, s: float = 0.008) -> torch.Tensor:
 
 
 class CosineDDPM(nn.Module):
-    """x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε (SPEC §3), with ᾱ_0 = 1 at index 0."""
+    """x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε (docs/method.md §Noise processes), with ᾱ_0 = 1 at index 0."""
 
     def __init__(self, timesteps: int = 1000, s: float = 0.008):
         super().__init__()
@@ -118,10 +118,10 @@ def clamp_row_norms(bound: float) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def wrapped_normal_direction(x: torch.Tensor, sigma: torch.Tensor, n_images: int = 10) -> torch.Tensor:
-    """g(x, σ) = −∂/∂x log N_w(x; 0, σ²), the wrapped normal's negative score (SPEC §3).
+    """g(x, σ) = −∂/∂x log N_w(x; 0, σ²), the wrapped normal's negative score (docs/method.md §Noise processes).
 
     Computed as a softmax-weighted mean over periodic images k = −n..n, which is the same
-    quantity as the SPEC's ratio of sums but cannot overflow/underflow for small σ.
+    quantity as the plain ratio of sums but cannot overflow/underflow for small σ.
     """
     k = torch.arange(-n_images, n_images + 1, dtype=x.dtype, device=x.device)
     shifted = x.unsqueeze(-1) + k  # (..., 2n+1)
@@ -150,7 +150,7 @@ def score_normaliser(sigmas: torch.Tensor, num_samples: int = 10_000, seed: int 
 
 
 class WrappedNormalVE(nn.Module):
-    """F_t = (F_0 + σ_t ε) mod 1 with geometric σ_t from σ_1 to σ_T, σ_0 = 0 (SPEC §3)."""
+    """F_t = (F_0 + σ_t ε) mod 1 with geometric σ_t from σ_1 to σ_T, σ_0 = 0 (docs/method.md §Noise processes)."""
 
     def __init__(self, timesteps: int = 1000, sigma_begin: float = 0.005, sigma_end: float = 0.5, mc_samples: int = 10_000):
         super().__init__()
@@ -170,7 +170,7 @@ class WrappedNormalVE(nn.Module):
         return wrapped_normal_direction(sigma * eps, sigma.expand_as(eps)) / lam.sqrt()
 
     def corrector_step(self, f: torch.Tensor, score_dir: torch.Tensor, t: int, step_lr: float, z: torch.Tensor) -> torch.Tensor:
-        """Langevin step F ← F − η ŝ + √(2η) z with η = γ (σ_t/σ_1)² (SPEC §6, step 1)."""
+        """Langevin step F ← F − η ŝ + √(2η) z with η = γ (σ_t/σ_1)² (docs/method.md §Sampling, step 1)."""
         eta = step_lr * (self.sigmas[t] / self.sigmas[1]) ** 2
         return (f - eta * score_dir + torch.sqrt(2 * eta) * z) % 1.0
 
@@ -185,7 +185,7 @@ class WrappedNormalVE(nn.Module):
         return (f - sig_t * (sig_t - sig_s) * score_dir) % 1.0
 
     def predictor_step(self, f: torch.Tensor, score_dir: torch.Tensor, t: int, s: int, z: torch.Tensor | None) -> torch.Tensor:
-        """Reverse-SDE step from σ_t to σ_s (SPEC §6, step 2); no noise when s = 0."""
+        """Reverse-SDE step from σ_t to σ_s (docs/method.md §Sampling, step 2); no noise when s = 0."""
         var_t, var_s = self.sigmas[t] ** 2, self.sigmas[s] ** 2
         f = f - (var_t - var_s) * score_dir
         if z is not None and s > 0:

@@ -1,4 +1,4 @@
-"""Lattice conventions (SPEC §1): lengths/angles ↔ 3×3 matrices, CDVAE's "c along z" frame.
+"""Lattice conventions (docs/method.md): lengths/angles ↔ 3×3 matrices, CDVAE's "c along z" frame.
 
 Rows of a lattice matrix are the lattice vectors a, b, c; Cartesian positions are F·L.
 The numpy versions serve data preparation, the torch versions serve the sampler's output.

@@ -1,4 +1,4 @@
-"""DiffCSP = CSPNet + the corruption processes + the training objective (SPEC §4).
+"""DiffCSP = CSPNet + the corruption processes + the training objective (docs/method.md).
 
 The network (``cspnet``), the noise processes (``diffusion``) and the sampler (``sampler``)
 are separate modules; this one ties them together and owns the model's configuration, which
@@ -82,7 +82,7 @@ class DiffCSP(nn.Module):
         return self.config.task == "gen"
 
     def loss(self, batch: CrystalBatch) -> dict[str, torch.Tensor]:
-        """SPEC §4: sample t per crystal, noise every component, regress the noise directions."""
+        """Training loss (docs/method.md): sample t per crystal, noise every component, regress the noise directions."""
         B, device = batch.num_graphs, batch.frac_coords.device
         t = torch.randint(1, self.config.timesteps + 1, (B,), device=device)
         t_atom = t[batch.batch]

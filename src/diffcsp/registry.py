@@ -1,7 +1,7 @@
 """Facts about the four DiffCSP benchmarks (and the local MP-20 sample), in one place.
 
 Everything a dataset-specific code path needs (atom limit, property column, corrector step
-sizes from SPEC §6, where the raw files live and their git blob ids) is looked up here, so no
+sizes from the paper, where the raw files live and their git blob ids) is looked up here, so no
 other module hard-codes a dataset name.
 """
 
@@ -21,7 +21,7 @@ class DatasetInfo:
     name: str
     max_atoms: int
     property_column: str | None
-    #: SPEC §6 corrector step size γ for CSP with one sample, CSP with many, and ab initio.
+    #: The paper's corrector step size γ for CSP with one sample, CSP with many, and ab initio.
     step_lr_csp: float
     step_lr_csp_multi: float
     step_lr_gen: float | None
@@ -29,7 +29,7 @@ class DatasetInfo:
     repo: str | None
     #: git blob ids (``git hash-object``) of the official files, per split.
     blob_ids: dict[str, str] = field(default_factory=dict)
-    #: SPEC §7 coverage cut-offs (structure, composition) for ab initio generation.
+    #: The paper's coverage cut-offs (structure, composition) for ab initio generation.
     coverage_cutoffs: tuple[float, float] | None = None
     #: column holding the formula, if the CSV has one (otherwise derived from the CIF).
     formula_column: str | None = None

@@ -1,4 +1,4 @@
-"""Predictor–corrector sampling (SPEC §6), batched over many crystals.
+"""Predictor–corrector sampling (docs/method.md §Sampling), batched over many crystals.
 
 The sampler only needs a :class:`~diffcsp.model.DiffCSP` (network + processes). For CSP the atom
 types are fixed; for generation they start as Gaussian noise and follow the lattice's DDPM.

@@ -43,7 +43,7 @@ from diffcsp.fileio import atomic_write, write_json
 from diffcsp.model import DiffCSP, ModelConfig
 from diffcsp.registry import get_dataset, split_path
 
-#: Paper settings (SPEC §4/§5): epochs and batch size per dataset.
+#: Paper settings (docs/method.md §Training objective): epochs and batch size per dataset.
 PAPER_SCHEDULE = {"perov_5": (3000, 1024), "carbon_24": (4000, 256), "mp_20": (1000, 256),
                   "mpts_52": (1000, 64), "mp_20_mini": (1000, 256)}
 #: CPU preset: a 4-layer, 128-wide CSPNet with 32 Fourier frequencies (~0.56 M parameters instead
