@@ -1,4 +1,4 @@
-"""CSPNet (SPEC §5), its symmetries (SPEC §2), the training loss (SPEC §4) and the sampler (SPEC §6).
+"""CSPNet, its symmetries, the training loss and the sampler (docs/method.md).
 
 Small float32 networks on random crystals; every symmetry is checked to ~1e-5.
 """
@@ -138,7 +138,7 @@ def test_fast_equals_reference_gradients(gen, hidden, layers, freqs, num_atoms, 
 
 
 # ----------------------------------------------------------------------------------------------
-# symmetries (SPEC §2)
+# symmetries (docs/method.md §Symmetries)
 # ----------------------------------------------------------------------------------------------
 @params
 @settings
@@ -266,7 +266,7 @@ def test_fully_connected_edges_general(num_atoms):
 
 
 # ----------------------------------------------------------------------------------------------
-# DiffCSP loss (SPEC §4)
+# DiffCSP loss (docs/method.md §Training objective)
 # ----------------------------------------------------------------------------------------------
 TINY = dict(hidden=32, num_layers=2, num_freqs=8, time_dim=32, timesteps=100)
 
@@ -313,7 +313,7 @@ def test_loss_runs_and_backward(models, task):
 
 @pytest.mark.parametrize("task", ["csp", "gen"])
 def test_loss_matches_spec_by_hand(models, task):
-    """Recompute SPEC §4 by hand with the same random draws (order: t, ε_L, ε_F[, ε_A])."""
+    """Recompute the loss (docs/method.md §Training objective) by hand with the same random draws (order: t, ε_L, ε_F[, ε_A])."""
     model = models[task]
     batch = random_batch([3, 6, 1], seed=1)
     torch.manual_seed(11)
@@ -347,7 +347,7 @@ def test_loss_matches_spec_by_hand(models, task):
 
 
 # ----------------------------------------------------------------------------------------------
-# sampler (SPEC §6)
+# sampler (docs/method.md §Sampling)
 # ----------------------------------------------------------------------------------------------
 NUM_ATOMS = [2, 5, 1, 3]
 

@@ -56,7 +56,7 @@ def write_split(root: Path, name: str, frame: pd.DataFrame, split: str = "val") 
 
 
 def pymatgen_niggli(cif: str):
-    """Independent reference: SPEC §1 preprocessing done directly with pymatgen."""
+    """Independent reference: the preprocessing of docs/method.md §Representation done directly with pymatgen."""
     from pymatgen.io.cif import CifParser
 
     with warnings.catch_warnings():

@@ -1,4 +1,4 @@
-"""The corruption processes and reverse steps of DiffCSP (SPEC §3, §6) against independent maths.
+"""The corruption processes and reverse steps of DiffCSP (docs/method.md) against independent maths.
 
 Reference values are computed here in numpy / float64 (or mpmath where float64 underflows)
 without calling the functions under test, so a shared mistake cannot hide.
@@ -34,7 +34,7 @@ SIGMAS_TESTED = [0.005, 0.05, 0.2, 0.5]
 # independent references
 # ----------------------------------------------------------------------------------------------
 def ref_cosine(T: int = T, s: float = S) -> tuple[np.ndarray, np.ndarray]:
-    """(betas[0..T], alpha_bars[0..T]) of SPEC §3 in float64; index 0 is the clean state."""
+    """(betas[0..T], alpha_bars[0..T]) of docs/method.md §Noise processes in float64; index 0 is the clean state."""
     t = np.arange(T + 1, dtype=np.float64)
     f = np.cos(((t / T) + s) / (1 + s) * np.pi / 2) ** 2
     ab_raw = f / f[0]
@@ -264,7 +264,7 @@ def test_add_noise_wraps(ve):
 
 
 # ----------------------------------------------------------------------------------------------
-# reverse steps (SPEC §6)
+# reverse steps (docs/method.md §Sampling)
 # ----------------------------------------------------------------------------------------------
 STEP_TIMES = [1, 2, 10, 250, 500, 900, 999, 1000]
 
@@ -401,7 +401,7 @@ def test_time_schedule_invalid(steps):
 
 
 def test_clipped_x0_form_equals_eps_form_when_in_range():
-    """The x̂_0 form used for clipping is algebraically the SPEC §6 ε form."""
+    """The x̂_0 form used for clipping is algebraically the paper's ε form."""
     ddpm = CosineDDPM(1000).double()
     gen = torch.Generator().manual_seed(5)
     for t, s in [(1000, 999), (700, 699), (10, 9), (500, 200)]:
