@@ -30,13 +30,37 @@ def load(run: Path, cpu_per_epoch: float | None) -> tuple[list[float], list[floa
     return seconds, [float(r["val_loss"]) for r in rows], label
 
 
+def fp32_val_loss(run: Path) -> float:
+    """The validation loss of a run's best checkpoint recomputed in float32, with the noise the
+    training loop uses for validation (a run trained with bf16 validated under autocast)."""
+    import torch
+
+    from diffcsp.checkpoint import load_model
+    from diffcsp.training import VALIDATION_SEED, eval_loader, load_run_config, resolve_protocol
+
+    cfg = load_run_config(run)
+    _, val, _ = resolve_protocol(cfg, progress=False)
+    model = load_model(run / "checkpoints" / "best.ckpt")
+    total, count = 0.0, 0
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(VALIDATION_SEED)
+        for batch in eval_loader(val, cfg.batch_size):
+            total += float(model.loss(batch)["loss"]) * batch.num_graphs
+            count += batch.num_graphs
+    return total / count
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", type=Path)
     p.add_argument("--cpu-per-epoch", action="append", default=[], help="RUN=SECONDS for runs without cpu_seconds")
     p.add_argument("--target", type=float, default=None, help="draw this validation loss and report when each run reaches it")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--fp32-val", action="append", default=[], type=Path,
+                   help="also recompute this run's best validation loss in float32 (for bf16 runs)")
     args = p.parse_args()
+    for run in args.fp32_val:
+        print(f"{run}: best checkpoint's validation loss in float32: {fp32_val_loss(run):.4f}")
     fixed = {Path(k): float(v) for k, v in (item.split("=", 1) for item in args.cpu_per_epoch)}
 
     import matplotlib

@@ -161,6 +161,10 @@ def train_loader(table: CrystalTable, batch_size: int, seed: int) -> DataLoader:
                       collate_fn=dataset.collate, generator=torch.Generator().manual_seed(seed))
 
 
+#: seed of the noise every validation pass uses (the same for every epoch)
+VALIDATION_SEED = 987654321
+
+
 def eval_loader(table: CrystalTable, batch_size: int) -> DataLoader:
     dataset = TableDataset(table)
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=dataset.collate,
@@ -240,7 +244,7 @@ class DiffCSPModule(L.LightningModule):
         devices = [self.device] if self.device.type == "cuda" else []
         self._rng = torch.random.fork_rng(devices=devices)
         self._rng.__enter__()
-        torch.manual_seed(987654321)
+        torch.manual_seed(VALIDATION_SEED)
 
     def validation_step(self, batch, batch_idx):
         losses = self.eval_model.loss(batch)
