@@ -82,7 +82,8 @@ class SamplerPreset:
 
 #: ``paper``: T = 1000 predictor–corrector steps (2000 network calls), the reference.
 #: ``fast``: 50 predictor–corrector steps (100 calls) with a 10× corrector step; measured in
-#: BENCHMARKS.md ("Few-step sampling") against ``paper`` on the same model and crystals.
+#: BENCHMARKS.md ("Few-step sampling") against ``paper`` on the same model and crystals: same
+#: match rate, RMSE ~20 % larger on Perov-5, not larger on Carbon-24.
 SAMPLERS = {"paper": SamplerPreset(None), "fast": SamplerPreset(50, step_lr_scale=10.0)}
 
 
