@@ -18,13 +18,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from diffcsp.cspnet import NUM_ELEMENTS, CSPNet
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from csp_benchmark import hardware  # noqa: E402  (one hardware description for every report)
+
+from diffcsp.cspnet import NUM_ELEMENTS, CSPNet  # noqa: E402
 
 #: atoms-per-cell distributions resembling the datasets (up to the datasets' atom limits)
 DATASET_SIZES = {
@@ -131,9 +135,8 @@ def main() -> None:
         num_atoms = DATASET_SIZES[args.dataset_like](rng, args.crystals).astype(np.int64)
     else:
         num_atoms = np.full(args.crystals, args.atoms, dtype=np.int64)
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?") \
-        if Path("/proc/cpuinfo").exists() else "?"
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU {cpu} ({torch.backends.cpu.get_cpu_capability()})")
+    cpu = hardware()
+    print(f"{cpu}; {torch.get_num_threads()} thread(s), CPU capability {torch.backends.cpu.get_cpu_capability()}")
     rows = []
     if not args.paper_only:
         rows += bench(args.hidden, args.layers, args.freqs, num_atoms, args)

@@ -20,7 +20,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -28,6 +27,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from csp_benchmark import hardware  # noqa: E402  (one hardware description for every report)
 
 
 @dataclass
@@ -62,16 +64,6 @@ class Setting:
         grid = "uniform" if self.schedule == "uniform" else f"power{self.rho:g}"
         corr = "nocorrector" if not self.corrector else "corrector" if self.lr_scale == 1 else f"lr{self.lr_scale:g}"
         return f"{self.method}:{self.steps}:{grid}:{corr}"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:
@@ -137,7 +129,7 @@ def main() -> None:
     write_json(out.with_suffix(".json"), {
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]), "model": str(args.run),
         "dataset": args.dataset, "split": args.split, "crystals": len(table), "k": 1, "seed": args.seed,
-        "rule": args.rule, "threads": args.threads, "cpu": cpu_name(), "torch": torch.__version__,
+        "rule": args.rule, "threads": args.threads, "hardware": hardware(),
         "date": time.strftime("%Y-%m-%d"), "rows": rows,
     })
     plot(rows, out.with_suffix(".png"), f"{args.dataset}/{args.split}, {len(table)} crystals, k = 1 ({args.rule} rule)")
