@@ -299,9 +299,12 @@ def test_timeouts_fire_inside_worker_processes() -> None:
 class SwallowingMatcher(StructureMatcher):
     """Library code that eats the interruption (as pymatgen's lazy ``except ImportError`` imports can)."""
 
+    slept_fully = False
+
     def get_rms_dist(self, struct1, struct2):
         try:
             time.sleep(5)
+            self.slept_fully = True
         except BaseException:
             pass
         return super().get_rms_dist(struct1, struct2)
@@ -309,9 +312,8 @@ class SwallowingMatcher(StructureMatcher):
 
 def test_swallowed_alarm_still_times_out_promptly() -> None:
     matcher = SwallowingMatcher(stol=0.5, angle_tol=10, ltol=0.3)
-    start = time.perf_counter()
     assert rms_distance_limited(srtio3(), srtio3(), timeout=0.05, matcher=matcher) == (None, True)
-    assert time.perf_counter() - start < 2.0
+    assert not matcher.slept_fully  # the alarm cut the 5 s sleep short (behaviour, not a wall-clock bound)
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
 
 
