@@ -44,7 +44,6 @@ import os
 import signal
 import threading
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -56,7 +55,7 @@ from tqdm.auto import tqdm
 
 from diffcsp.errors import DependencyError
 from diffcsp.fileio import atomic_write
-from diffcsp.parallel import mp_context
+from diffcsp.parallel import run_in_pool
 from diffcsp.predictions import Predictions, dict_to_structure, structure_to_dict
 
 #: A structure as the evaluator accepts it: a pymatgen Structure or a predictions-file dict.
@@ -534,22 +533,11 @@ def evaluate_csp(
         else:
             # (workers == 1 lands here off the main thread: a thread cannot install SIGALRM
             # handlers, a worker process's main thread can.)
-            pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp_context(_preload(rule)), initializer=_worker_init)
-            try:
-                futures = {
-                    pool.submit(
-                        _evaluate_crystal, cid, formula, _to_dict(gt), [_to_dict(s) for s in samples], timeout, rule
-                    ): i
-                    for i, (cid, formula, gt, samples) in enumerate(pairs)
-                }
-                for future in as_completed(futures):
-                    results[futures[future]] = future.result()
-                    bar.update(1)
-            except BaseException:
-                # Ctrl-C or a failed crystal: drop the queued work instead of finishing all of it.
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
-            pool.shutdown(wait=True)
+            results = run_in_pool(
+                _evaluate_crystal,
+                [(cid, formula, _to_dict(gt), [_to_dict(s) for s in samples], timeout, rule) for cid, formula, gt, samples in pairs],
+                workers, bar, initializer=_worker_init, preload=_preload(rule),
+            )
     finally:
         bar.close()
     return CSPReport(rows=[r for r in results if r is not None], rule=rule)

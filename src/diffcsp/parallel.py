@@ -10,8 +10,10 @@ imported only what it was told to preload) where the platform has it, and ``spaw
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing.context import BaseContext
+from typing import Any
 
 
 def mp_context(preload: Sequence[str] = ()) -> BaseContext:
@@ -28,3 +30,32 @@ def mp_context(preload: Sequence[str] = ()) -> BaseContext:
             ctx.set_forkserver_preload(list(preload))
         return ctx
     return multiprocessing.get_context("spawn")
+
+
+def run_in_pool(fn: Callable[..., Any], tasks: Sequence[tuple], workers: int, bar: Any,
+                initializer: Callable[[], None] | None = None, preload: Sequence[str] = (),
+                on_error: Callable[[int, BaseException], Any] | None = None) -> list[Any]:
+    """``[fn(*task) for task in tasks]`` in worker processes, in task order.
+
+    ``bar`` (a tqdm bar) advances as tasks finish. A task that raises gives ``on_error(i, exc)``
+    as its result when ``on_error`` is set; otherwise the error propagates. On any error or
+    Ctrl-C the queued tasks are cancelled instead of finished.
+    """
+    results: list[Any] = [None] * len(tasks)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp_context(preload), initializer=initializer)
+    try:
+        futures = {pool.submit(fn, *task): i for i, task in enumerate(tasks)}
+        for future in as_completed(futures):
+            i = futures[future]
+            try:
+                results[i] = future.result()
+            except Exception as exc:
+                if on_error is None:
+                    raise
+                results[i] = on_error(i, exc)
+            bar.update(1)
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    return results

@@ -22,12 +22,10 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-import multiprocessing
 import os
 import time
 import warnings
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +35,7 @@ from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Structure
 from tqdm.auto import tqdm
 
+from diffcsp.parallel import run_in_pool
 from diffcsp.predictions import Predictions, dict_to_structure, structure_to_dict
 
 #: Statuses of a relaxation. Only ``converged`` and ``unconverged`` (ran out of steps, but the
@@ -264,25 +263,14 @@ def relax_structures(structures: Sequence[Structure | dict[str, Any] | None], fm
                 raw[i] = relax_one(crystal, fmax, steps, i, symprec, pressure)
                 bar.update(1)
         else:
-            methods = multiprocessing.get_all_start_methods()
-            ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-            pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init)
-            try:
-                futures = {pool.submit(relax_one, c, fmax, steps, i, symprec, pressure): i for i, c in enumerate(crystals)}
-                for future in as_completed(futures):
-                    i = futures[future]
-                    try:
-                        raw[i] = future.result()
-                    except Exception as exc:  # a worker that died (e.g. out of memory)
-                        raw[i] = {"index": i, "status": FAILED, "crystal": None, "initial": crystals[i],
-                                  "energy_per_atom": None, "initial_energy_per_atom": None, "steps": 0,
-                                  "max_force": None, "max_stress": None, "seconds": 0.0,
-                                  "message": f"worker failed: {type(exc).__name__}: {exc}"[:300]}
-                    bar.update(1)
-            except BaseException:
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
-            pool.shutdown(wait=True)
+            def worker_failed(i: int, exc: BaseException) -> dict[str, Any]:  # e.g. out of memory
+                return {"index": i, "status": FAILED, "crystal": None, "initial": crystals[i],
+                        "energy_per_atom": None, "initial_energy_per_atom": None, "steps": 0,
+                        "max_force": None, "max_stress": None, "seconds": 0.0,
+                        "message": f"worker failed: {type(exc).__name__}: {exc}"[:300]}
+
+            raw = run_in_pool(relax_one, [(c, fmax, steps, i, symprec, pressure) for i, c in enumerate(crystals)],
+                              workers, bar, initializer=_worker_init, on_error=worker_failed)
     finally:
         bar.close()
     return [_to_result(r) for r in raw if r is not None]
