@@ -28,7 +28,7 @@ install-test: $(VENV)/.installed-test
 
 demo: install
 	$(VENV)/bin/diffcsp predict SrTiO3 -n 5 --out demo_output
-	@echo "CIF files and summary.csv are in demo_output/"
+	@echo "CIF files (as sampled and symmetrised), PNG pictures and summary.csv are in demo_output/"
 
 # -rs lists every skipped test with its reason (e.g. how to get the complete official data files).
 test: install-test
