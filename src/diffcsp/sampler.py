@@ -98,9 +98,10 @@ def time_schedule(timesteps: int, steps: int | None, schedule: str = "uniform", 
     """Times visited from T down to 1.
 
     ``uniform``: evenly spaced (the paper's sampler when ``steps`` = T). ``power``: t_i =
-    1 + (T − 1)·u_i^ρ for evenly spaced u from 1 to 0, which spends more of a small step budget
-    at low noise, where the last digits of the structure are settled. Duplicate integer times
-    are merged, so a power grid may hold a few fewer steps than asked for.
+    1 + (T − 1)·u_i^ρ for evenly spaced u from 1 to 0: ρ > 1 spends more of a small step budget
+    at low noise, ρ < 1 at high noise (neither beat the uniform grid at 50 steps on Perov-5,
+    see BENCHMARKS.md). Duplicate integer times are merged, so a power grid may hold a few
+    fewer steps than asked for.
     """
     steps = timesteps if steps is None else steps
     if not 1 <= steps <= timesteps:
