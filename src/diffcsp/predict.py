@@ -181,6 +181,19 @@ def plan_prediction(model: DiffCSP, composition: CompositionLike, n: int, formul
     return PredictionPlan(unit=unit, formula_units=zs, notes=notes)
 
 
+def resolve_sampler(model: DiffCSP, sampler: str, steps: int | None, step_lr: float | None, num_samples: int = 1,
+                    dataset: str | None = None) -> tuple[float, dict[str, Any]]:
+    """(corrector step γ, keyword arguments of :func:`sample`) for a named preset, with
+    ``steps``/``step_lr`` overriding it; γ defaults to the dataset's value times the preset's scale."""
+    preset = sampler_preset(sampler)
+    options = preset.options()
+    if steps is not None:
+        options["steps"] = steps
+    if step_lr is None:
+        step_lr = default_step_lr(model, num_samples, dataset=dataset) * preset.step_lr_scale
+    return step_lr, options
+
+
 def sample_plan(model: DiffCSP, plan: PredictionPlan, steps: int | None = None, step_lr: float | None = None,
                 seed: int | None = 0, progress: bool = False, device: str | torch.device | None = None,
                 sampler: str = "paper") -> list[Structure | None]:
@@ -189,12 +202,7 @@ def sample_plan(model: DiffCSP, plan: PredictionPlan, steps: int | None = None, 
     ``sampler`` names a preset of :data:`diffcsp.sampler.SAMPLERS`; ``steps``/``step_lr``
     override its number of steps and its corrector step size."""
     n = len(plan.formula_units)
-    preset = sampler_preset(sampler)
-    options = preset.options()
-    if steps is not None:
-        options["steps"] = steps
-    if step_lr is None:
-        step_lr = default_step_lr(model, num_samples=n) * preset.step_lr_scale
+    step_lr, options = resolve_sampler(model, sampler, steps, step_lr, num_samples=n)
     cells = [plan.cell(i) for i in range(n)]
     result = sample(model, [len(c) for c in cells], torch.tensor([z for c in cells for z in c]), step_lr=step_lr,
                     seed=seed, progress=progress, device=device, **options)
@@ -419,20 +427,17 @@ def predict_split(model: DiffCSP, table, num_samples: int = 1, steps: int | None
     ``sampler`` names a preset (default ``"paper"``: benchmarks reproduce the paper's sampler);
     ``steps``/``step_lr`` and ``sampler_options`` (``method``, ``schedule``, ``rho``,
     ``clip_lattice``, ``precision``) override it and go to :func:`diffcsp.sampler.sample`."""
-    preset = sampler_preset(sampler)
-    sampler_options = {**preset.options(), **sampler_options, **({"steps": steps} if steps is not None else {})}
-    steps = sampler_options.pop("steps")
     if model.is_gen:
         raise CompositionError("this is a generation model; use `diffcsp generate`")
     too_big = int((table.num_atoms > model.config.max_atoms).sum())
     if too_big:
         raise CompositionError(f"{too_big} crystals exceed the model's {model.config.max_atoms} atoms")
     dataset, split = table.source.get("dataset", model.config.dataset), table.source.get("split", "")
-    gamma = step_lr if step_lr is not None else default_step_lr(model, num_samples, dataset=dataset) * preset.step_lr_scale
+    gamma, options = resolve_sampler(model, sampler, steps, step_lr, num_samples, dataset=dataset)
     idx = np.tile(np.arange(len(table)), num_samples)  # sample-major: every crystal once, then again …
     atom_idx = table.atom_index(idx)
     result, meta = _timed_sample(model, table.num_atoms[idx], torch.as_tensor(table.numbers[atom_idx]), gamma,
-                                 steps=steps, seed=seed, batch_size=batch_size, progress=progress, **sampler_options)
+                                 seed=seed, batch_size=batch_size, progress=progress, **{**options, **sampler_options})
     meta["sampler"] = sampler
     crystals = []
     for i in range(len(table)):
