@@ -55,7 +55,7 @@ from diffcsp.fileio import atomic_write  # noqa: E402
 from diffcsp.variants import VARIANTS  # noqa: E402
 
 #: training settings that must be equal for every variant of one table
-BUDGET_KEYS = ("preset", "epochs", "batch_size", "seed", "ema_decay", "lr_schedule", "limit")
+BUDGET_KEYS = ("preset", "epochs", "batch_size", "lr", "seed", "ema_decay", "lr_schedule", "precision", "limit")
 DATASETS = ("perov_5", "carbon_24")
 LABELS = {"joint": "joint (DiffCSP)", "lattice-then-coords": "L → F", "coords-then-lattice": "F → L",
           "no-fourier": "w/o Fourier", "no-o3": "w/o O(3) (L as input)"}
@@ -71,6 +71,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ema-decay", type=float, default=0.0, help="the same for every variant (default 0: off)")
     ap.add_argument("--lr-schedule", default="plateau", choices=["plateau", "cosine"])
+    ap.add_argument("--lr", type=float, help="learning rate for every variant (default: diffcsp train's)")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"],
+                    help="training precision for every variant (bf16 only where the hardware has it)")
     ap.add_argument("--limit", type=int, help="train on the first N training crystals only (smoke runs)")
     ap.add_argument("--sampler", default="fast", help="sampler preset of `diffcsp sample` (default fast: 50 steps)")
     ap.add_argument("--steps", type=int, help="override the sampler preset's number of steps")
@@ -100,7 +103,8 @@ def expected_budget(args: argparse.Namespace, dataset: str) -> dict:
     from diffcsp.training import TrainConfig
 
     cfg = TrainConfig.from_preset(dataset, "unused", preset=args.preset, epochs=args.epochs, batch_size=args.batch_size,
-                                  seed=args.seed, ema_decay=args.ema_decay, lr_schedule=args.lr_schedule, limit=args.limit)
+                                  seed=args.seed, ema_decay=args.ema_decay, lr_schedule=args.lr_schedule, limit=args.limit,
+                                  lr=args.lr, precision=args.precision)
     return {key: getattr(cfg, key) for key in BUDGET_KEYS}
 
 
@@ -124,9 +128,10 @@ def train_variant(args: argparse.Namespace, dataset: str, variant: str, run_dir:
             run(exe + ["train", "--resume", str(run_dir)] + common, log)
             return
     cmd = exe + ["train", "--dataset", dataset, "--preset", args.preset, "--variant", variant, "--seed", str(args.seed),
-                 "--ema-decay", str(args.ema_decay), "--lr-schedule", args.lr_schedule, "--out", str(run_dir)] + common
+                 "--ema-decay", str(args.ema_decay), "--lr-schedule", args.lr_schedule, "--precision", args.precision,
+                 "--out", str(run_dir)] + common
     for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size), ("--limit", args.limit),
-                        ("--data-dir", args.data_dir)):
+                        ("--lr", args.lr), ("--data-dir", args.data_dir)):
         if value is not None:
             cmd += [flag, str(value)]
     run(cmd, log)
@@ -248,7 +253,8 @@ def main() -> None:
              "(k = 1, the official metric rule of `diffcsp evaluate`).", "",
              f"- **Hardware**: {hardware()}",
              *(f"- **{d}**: preset `{b['preset']}`, {b['epochs']} epochs, batch {b['batch_size']}, seed {b['seed']}, "
-               f"EMA decay {b['ema_decay']}, `{b['lr_schedule']}` learning-rate schedule"
+               f"learning rate {b['lr']}, EMA decay {b['ema_decay']}, `{b['lr_schedule']}` learning-rate schedule, "
+               f"{b['precision']} training"
                + (f", first {b['limit']} training crystals" if b["limit"] else "")
                + f"; test: {'first ' + str(test_limit(args, d)) if test_limit(args, d) else 'all'} crystals"
                for d, b in budget.items()),

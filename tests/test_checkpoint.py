@@ -215,12 +215,41 @@ def tracked_run_models() -> list[Path]:
 
 
 def test_every_shipped_model_records_a_matching_hash():
-    for folder in [BUNDLED, *tracked_run_models()]:
+    bundled = [info["path"] for info in ckpt.bundled_models().values()]
+    assert BUNDLED in bundled and len(bundled) >= 2, bundled
+    for folder in [*bundled, *tracked_run_models()]:
         payload = json.loads((folder / "config.json").read_text())
         assert "weights_sha256" in payload, folder
         with warnings.catch_warnings():
             warnings.simplefilter("error", ckpt.UnverifiedWeightsWarning)
             load_model(folder)
+
+
+def test_bundled_models_by_folder_or_dataset_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """`--model carbon_24` and `--model carbon_24_cpu` name the same shipped model; a real path wins."""
+    carbon = load_model("carbon_24")
+    assert carbon.config.dataset == "carbon_24" and carbon.config.elements == [6]
+    assert same_weights(carbon, load_model("carbon_24_cpu"))
+    assert load_model("perov_5").config.dataset == "perov_5"
+    assert ckpt.model_meta("carbon_24")["suited_for"].startswith("pure-carbon")
+    with pytest.raises(CheckpointError, match="nor a bundled model: carbon_24_cpu"):
+        load_model("mp_20")
+    monkeypatch.chdir(tmp_path)  # a folder called carbon_24 in the working directory is taken as a path
+    (tmp_path / "carbon_24").mkdir()
+    with pytest.raises(CheckpointError, match="no model.safetensors"):
+        load_model("carbon_24")
+
+
+def test_cli_predicts_carbon_with_the_bundled_carbon_model(tmp_path: Path):
+    res = cli("predict", "C8", "--model", "carbon_24", "-n", "2", "-z", "1", "--steps", "5", "--out", str(tmp_path))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "trained on carbon_24" in res.stderr
+    from pymatgen.core import Structure
+
+    cells = [Structure.from_file(tmp_path / f"C8_0{i}.cif") for i in range(2)]
+    assert [c.composition.formula for c in cells] == ["C8", "C8"]
+    assert_one_error_line(cli("predict", "C8", "-m", "no_such_model", "--out", str(tmp_path / "x")),
+                          "no_such_model", "perov_5_cpu")
 
 
 def test_weights_hash_is_deterministic_and_sensitive():

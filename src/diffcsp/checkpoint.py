@@ -217,6 +217,42 @@ def _build(config: dict[str, Any], state: dict[str, torch.Tensor], source: Path)
     return model
 
 
+def bundled_models() -> dict[str, dict[str, Any]]:
+    """The models shipped inside the package, by folder name, with their dataset and task.
+
+    Read from each folder's config.json, so a model added to ``models/`` is found without a
+    code change.
+    """
+    found: dict[str, dict[str, Any]] = {}
+    for folder in sorted(BUNDLED_DIR.iterdir()) if BUNDLED_DIR.is_dir() else []:
+        if (folder / "model.safetensors").is_file() and (folder / "config.json").is_file():
+            config = json.loads((folder / "config.json").read_text())
+            model = config.get("config", {})
+            found[folder.name] = {"path": folder, "dataset": model.get("dataset"), "task": model.get("task", "csp"),
+                                  "suited_for": config.get("meta", {}).get("suited_for", "")}
+    return found
+
+
+def resolve_model_path(path: str | Path | None) -> Path:
+    """Turn what a user typed after ``--model`` into a path: an existing file or folder as is,
+    else a bundled model's folder name (``perov_5_cpu``), else a dataset name (``carbon_24``)
+    that names the one bundled CSP model trained on it. ``None`` is the default bundled model."""
+    if path is None:
+        return BUNDLED_DIR / DEFAULT_MODEL
+    path = Path(path)
+    if path.exists():
+        return path
+    bundled = bundled_models()
+    name = str(path)
+    if name in bundled:
+        return bundled[name]["path"]
+    by_dataset = [info["path"] for info in bundled.values() if info["dataset"] == name and info["task"] == "csp"]
+    if len(by_dataset) == 1:
+        return by_dataset[0]
+    names = ", ".join(f"{n} ({info['dataset']}, {info['task']})" for n, info in bundled.items())
+    raise CheckpointError(f"checkpoint not found: {path} (not a file or folder, nor a bundled model: {names})")
+
+
 def load_model(path: str | Path | None = None, device: str | torch.device = "cpu") -> DiffCSP:
     """Load an exported model folder, a ``model.safetensors`` file, a Lightning ``.ckpt``, a
     run directory (its best checkpoint), or — with no path — the bundled default model.
@@ -224,11 +260,7 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
     Weights are checked against their recorded SHA-256 and for non-finite values; any damage
     raises :class:`CheckpointError`.
     """
-    path = Path(path) if path is not None else BUNDLED_DIR / DEFAULT_MODEL
-    if not path.exists() and (BUNDLED_DIR / str(path)).is_dir():
-        path = BUNDLED_DIR / str(path)  # a bundled model by name
-    if not path.exists():
-        raise CheckpointError(f"checkpoint not found: {path}")
+    path = resolve_model_path(path)
     if path.is_dir():
         if (path / "model.safetensors").is_file():
             return _load_exported(path / "model.safetensors", path / "config.json").to(device)
@@ -311,7 +343,10 @@ def _load_lightning(path: Path) -> DiffCSP:
 
 def model_meta(path: str | Path | None = None) -> dict[str, Any]:
     """The ``meta`` block of an exported model (empty for training checkpoints)."""
-    path = Path(path) if path is not None else BUNDLED_DIR / DEFAULT_MODEL
+    try:
+        path = resolve_model_path(path)
+    except CheckpointError:
+        return {}
     config = path / "config.json" if path.is_dir() else path.with_name("config.json")
     if config.is_file():
         try:

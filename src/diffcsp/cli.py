@@ -207,7 +207,7 @@ def train_cmd(
 
 
 # -- prediction -------------------------------------------------------------------------------
-Checkpoint = Annotated[Optional[Path], typer.Option("--checkpoint", "-c", help="Model: run dir, .ckpt, exported model dir, or bundled model name (default: the bundled Perov-5 CSP model).")]
+Checkpoint = Annotated[Optional[Path], typer.Option("--checkpoint", "-c", "--model", "-m", help="Model: a run dir, .ckpt or exported model dir, or a bundled model: 'perov_5' (default; ABX3 perovskites, 5-atom cells) or 'carbon_24' (pure carbon, 6-24 atoms), also by folder name (perov_5_cpu, carbon_24_cpu).")]
 
 
 Fmax = Annotated[float, typer.Option("--fmax", help="Relaxation converges when every force (and cell force) is below this, eV/Å.")]
@@ -265,7 +265,7 @@ def predict_cmd(
             composition_to_numbers(formula)  # a bad formula fails before the model loads
             composition, name = formula, formula
         model = load_model(checkpoint)
-        meta = model_meta(checkpoint) if checkpoint is None or checkpoint.is_dir() else {}
+        meta = model_meta(checkpoint)
         cfg = model.config
         console = Console(stderr=True)
         console.print(f"model: {checkpoint or 'bundled ' + cfg.dataset + ' CSP model'} — trained on {cfg.dataset} "
