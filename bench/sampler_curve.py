@@ -105,7 +105,7 @@ def main() -> None:
         setting = Setting.parse(text)
         step_lr = gamma * setting.lr_scale if setting.corrector else 0.0
         times = time_schedule(model.config.timesteps, setting.steps, setting.schedule, setting.rho)
-        calls = network_calls(times, setting.method, step_lr)
+        calls = network_calls(times, setting.method, step_lr, model.config.variant)
         start = time.perf_counter()
         preds = predict_split(model, table, 1, steps=setting.steps, step_lr=step_lr, seed=args.seed,
                               batch_size=args.batch_size, progress=False, method=setting.method,

@@ -116,6 +116,15 @@ def test_network_calls_are_counted_by_the_sampler():
         sample(model, [3, 2], torch.tensor([8, 8, 22, 3, 9]), step_lr=step_lr, steps=steps, method=method,
                schedule="power", rho=2.0, progress=False, batch_size=8)
         assert calls["n"] == network_calls(time_schedule(T, steps, "power", 2.0), method, step_lr), (method, steps, step_lr)
+    # two-stage variants: two chains, the corrector only in the coordinate chain (20 + 2·20 calls)
+    for variant in ("lattice-then-coords", "coords-then-lattice"):
+        two = DiffCSP(ModelConfig(hidden=16, num_layers=1, num_freqs=4, time_dim=8, lattice_bound=20.0, variant=variant),
+                      compute_schedules=False)
+        inner = two.net
+        two.net = Counting()
+        calls["n"] = 0
+        sample(two, [3, 2], torch.tensor([8, 8, 22, 3, 9]), step_lr=1e-5, steps=20, progress=False)
+        assert calls["n"] == network_calls(time_schedule(T, 20), "pc", 1e-5, variant) == 60, variant
 
 
 @pytest.mark.parametrize("method", ["ddim", "heun"])

@@ -119,12 +119,18 @@ def time_schedule(timesteps: int, steps: int | None, schedule: str = "uniform", 
     return sorted({int(round(x)) for x in grid}, reverse=True)
 
 
-def network_calls(times: list[int], method: str = "pc", step_lr: float = 0.0) -> int:
+def network_calls(times: list[int], method: str = "pc", step_lr: float = 0.0, variant: str = "joint") -> int:
     """Network evaluations per crystal: one predictor call per step, one more per corrector
-    step (γ > 0) and, for Heun, one more for every step that does not end at t = 0."""
-    calls = len(times) * (2 if step_lr > 0 else 1)
-    if method == "heun":
-        calls += len(times) - 1
+    step (γ > 0) and, for Heun, one more for every step that does not end at t = 0.
+
+    Two-stage variants run a whole chain per component and the corrector moves only the
+    coordinates, so it runs in the coordinate chain alone."""
+    chains = [stage_moves(variant, None)] if num_stages(variant) == 1 else [stage_moves(variant, s) for s in (0, 1)]
+    calls = 0
+    for _, move_f in chains:
+        calls += len(times) * (2 if step_lr > 0 and move_f else 1)
+        if method == "heun":
+            calls += len(times) - 1
     return calls
 
 
