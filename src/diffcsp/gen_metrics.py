@@ -25,7 +25,6 @@ import math
 import os
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from functools import lru_cache
 from itertools import product
 from pathlib import Path
@@ -40,7 +39,7 @@ from tqdm.auto import tqdm
 from diffcsp.cdvae_constants import COMP_SCALER_MEANS, COMP_SCALER_STDS
 from diffcsp.fileio import atomic_write
 from diffcsp.metrics import is_structurally_valid
-from diffcsp.parallel import mp_context
+from diffcsp.parallel import run_in_pool
 
 __all__ = [
     "COMP_SCALERS",
@@ -225,7 +224,7 @@ def _parallel_map(
 ) -> list[R]:
     """Order-preserving map over worker processes with a tqdm bar.
 
-    Workers come from :func:`diffcsp.parallel.mp_context` (never a plain fork: the caller may
+    Workers come from :func:`diffcsp.parallel.run_in_pool` (never a plain fork: the caller may
     have torch's OpenMP threads running). With one worker (or one item) it runs in-process.
     """
     n = len(items)
@@ -237,15 +236,9 @@ def _parallel_map(
                 out.append(fn(item))
                 bar.update()
             return out
-        chunksize = max(1, min(64, n // (workers * 8)))
-        ctx = mp_context(["diffcsp.metrics", "diffcsp.gen_metrics", "matminer.featurizers.site.fingerprint",
-                          "matminer.featurizers.composition.composite"])
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            out = []
-            for result in pool.map(fn, items, chunksize=chunksize):
-                out.append(result)
-                bar.update()
-            return out
+        preload = ["diffcsp.metrics", "diffcsp.gen_metrics", "matminer.featurizers.site.fingerprint",
+                   "matminer.featurizers.composition.composite"]
+        return run_in_pool(fn, [(item,) for item in items], workers, bar, preload=preload)
 
 
 def compute_fingerprints(
