@@ -87,9 +87,21 @@ SYMPREC = 0.1  #: tolerance of the symmetry-constrained variant ("diffcsp_sym")
 PRESSURE = 10.0  #: GPa of the "diffcsp_p10" variant: Carbon-24 comes from AIRSS searches at 10 GPa
 
 
-def work_items(limit: int, baseline: bool, symmetric: tuple[str, ...] = ("perov_5",)) -> list[tuple[str, str, int]]:
-    """DiffCSP work for both datasets first (interleaved, plus the symmetry-constrained variant for
-    ``symmetric`` datasets), then the PyXtal baseline (Carbon-24 first)."""
+METHODS = ("diffcsp", "diffcsp_sym", "diffcsp_p10", "pyxtal", "pyxtal_p10")
+#: the PyXtal baseline relaxed the same way as each DiffCSP method it is compared with
+BASELINE_OF = {"diffcsp": "pyxtal", "diffcsp_p10": "pyxtal_p10"}
+
+
+def work_items(limit: int, baseline: bool, symmetric: tuple[str, ...] = ("perov_5",),
+               methods: tuple[str, ...] | None = None, datasets: tuple[str, ...] = ("carbon_24", "perov_5")
+               ) -> list[tuple[str, str, int]]:
+    """The default plan: DiffCSP work for both datasets first (interleaved, plus the
+    symmetry-constrained variant for ``symmetric`` datasets), then the PyXtal baseline
+    (Carbon-24 first). With ``methods``: exactly those, crystal by crystal (every method of
+    crystal i before crystal i + 1), so a run stopped early leaves comparable counts."""
+    if methods is not None:
+        return [(m, d, i) for i in range(limit) for d in datasets for m in methods
+                if not ((m == "diffcsp_sym" and d not in symmetric) or (m.endswith("_p10") and d != "carbon_24"))]
     items = []
     for i in range(limit):
         items += [("diffcsp", "carbon_24", i), ("diffcsp", "perov_5", i)]
@@ -120,7 +132,9 @@ def run(args: argparse.Namespace) -> None:
             rec = json.loads(line)
             done.add((rec["method"], rec["dataset"], rec["index"]))
     preds = {name: Predictions.load(path) for name, path in INPUTS.items()}
-    for method, dataset, i in work_items(args.limit, args.baseline):
+    methods = tuple(args.methods.split(",")) if args.methods else None
+    datasets = tuple(args.datasets.split(","))
+    for method, dataset, i in work_items(args.limit, args.baseline, methods=methods, datasets=datasets):
         if (method, dataset, i) in done or i >= len(preds[dataset].crystals):
             continue
         crystal = preds[dataset].crystals[i]
@@ -130,12 +144,12 @@ def run(args: argparse.Namespace) -> None:
         else:
             inputs = random_structures(crystal["ground_truth"]["numbers"], args.k, seed=1000 + i)
         symprec = SYMPREC if method == "diffcsp_sym" else None
-        pressure = PRESSURE if method == "diffcsp_p10" else 0.0
+        pressure = PRESSURE if method.endswith("_p10") else 0.0
         results = relax_structures(inputs, fmax=args.fmax, steps=args.steps, workers=1, progress=False, symprec=symprec,
                                    pressure=pressure)
         rec = {"method": method, "dataset": dataset, "index": i, "id": crystal["id"], "formula": crystal["formula"],
                "fmax": args.fmax, "symprec": symprec, "pressure_GPa": pressure, "max_steps": args.steps, "wall_seconds": round(time.perf_counter() - start, 2),
-               "inputs": inputs[: args.k] if method == "pyxtal" else None,
+               "inputs": inputs[: args.k] if method.startswith("pyxtal") else None,
                "samples": [_result_to_json(r) for r in results[: args.k]],
                "ground_truth": _result_to_json(results[-1]) if method.startswith("diffcsp") else None}
         with work.open("a") as handle:
@@ -265,8 +279,9 @@ def report(args: argparse.Namespace) -> None:
                                                     "below_gt_by_more_than_5meV": int(np.sum(gaps < -5)),
                                                     "n": int(np.sum(np.isfinite(gaps)))},
         }
-        base = sorted((r for r in records if r["method"] == "pyxtal" and r["dataset"] == dataset), key=lambda r: r["index"])
-        if base and method == "diffcsp":
+        base = sorted((r for r in records if r["method"] == BASELINE_OF.get(method) and r["dataset"] == dataset),
+                      key=lambda r: r["index"])
+        if base:
             bpreds = _predictions_from_work(base, sources[dataset], k, "pyxtal")
             rb, rt = ev(bpreds), ev(top1_by_energy(bpreds))
             ids = {c["id"] for c in bpreds.crystals}
@@ -386,6 +401,9 @@ def main() -> None:
     parser.add_argument("--fmax", type=float, default=0.1)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--baseline", action="store_true", help="also relax PyXtal random structures (after our work)")
+    parser.add_argument("--methods", help=f"comma-separated subset of {','.join(METHODS)} (run crystal by crystal; "
+                        "default: the plan of work_items)")
+    parser.add_argument("--datasets", default="carbon_24,perov_5", help="with --methods: which datasets")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     if not args.report_only:
