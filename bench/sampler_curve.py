@@ -8,10 +8,15 @@ next to a JSON with the protocol, hardware and command.
     python bench/sampler_curve.py --run runs/perov_5_cpu --dataset perov_5 --limit 200 \\
         --setting pc:1000 --setting pc:250 --setting ddim:100:power2 --out bench/results/sampler/perov_5
 
-A setting is ``METHOD:STEPS[:SCHEDULE][:corrector|nocorrector|lrX]`` with METHOD pc/ddim/heun
-and SCHEDULE ``uniform`` or ``powerR`` (power grid with ρ = R, e.g. ``power2``; R < 1 puts more
-steps at high noise). The corrector (Langevin step, the dataset's step size γ) runs for pc by
-default and not for ddim/heun; ``lrX`` turns it on with step size X·γ.
+A setting is ``METHOD:STEPS[:SCHEDULE][:corrector|nocorrector|lrX][:tempT]`` with METHOD
+pc/ddim/heun and SCHEDULE ``uniform`` or ``powerR`` (power grid with ρ = R, e.g. ``power2``; R < 1
+puts more steps at high noise). The corrector (Langevin step, the dataset's step size γ) runs for
+pc by default and not for ddim/heun; ``lrX`` turns it on with step size X·γ and ``tempT`` scales
+its noise by T (1: the paper's Langevin step).
+
+``--split heldout`` samples the held-out validation crystals of the training protocol (the
+crystals `diffcsp train` selects models on), so sampler settings can be tuned without looking
+at the test split; ``--seeds 0,1,2`` repeats every setting with each seed and reports the mean.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ class Setting:
     rho: float = 1.0
     corrector: bool = True
     lr_scale: float = 1.0
+    temperature: float = 1.0
 
     @classmethod
     def parse(cls, text: str) -> Setting:
@@ -55,6 +61,8 @@ class Setting:
                 out.corrector = part == "corrector"
             elif part.startswith("lr"):
                 out.corrector, out.lr_scale = True, float(part[2:])
+            elif part.startswith("temp"):
+                out.temperature = float(part[4:])
             else:
                 raise SystemExit(f"cannot read setting part {part!r} in {text!r}")
         return out
@@ -63,18 +71,19 @@ class Setting:
     def name(self) -> str:
         grid = "uniform" if self.schedule == "uniform" else f"power{self.rho:g}"
         corr = "nocorrector" if not self.corrector else "corrector" if self.lr_scale == 1 else f"lr{self.lr_scale:g}"
-        return f"{self.method}:{self.steps}:{grid}:{corr}"
+        return f"{self.method}:{self.steps}:{grid}:{corr}" + ("" if self.temperature == 1 else f":temp{self.temperature:g}")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="model: run dir, exported model dir or bundled model name")
     p.add_argument("--dataset", required=True)
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", default="test", help="test, val, or heldout (the training protocol's validation crystals)")
     p.add_argument("--limit", type=int, default=None, help="first N crystals of the split (default: all)")
-    p.add_argument("--setting", action="append", required=True, help="METHOD:STEPS[:SCHEDULE][:corrector|nocorrector]")
+    p.add_argument("--setting", action="append", required=True, help="METHOD:STEPS[:SCHEDULE][:corrector|nocorrector|lrX][:tempT]")
     p.add_argument("--step-lr", type=float, default=None, help="corrector step size (default: the dataset's)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", help="comma-separated seeds: every setting is run with each and averaged (overrides --seed)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--workers", type=int, default=1, help="processes for StructureMatcher")
     p.add_argument("--rule", default="official", help="metric validity rule (official or structure)")
@@ -93,7 +102,13 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     model = load_model(args.run)
-    table = load_split(args.dataset, args.split)
+    if args.split == "heldout":
+        from diffcsp.training import TrainConfig, resolve_protocol
+
+        _, table, _ = resolve_protocol(TrainConfig.from_preset(args.dataset, "unused"), progress=False)
+    else:
+        table = load_split(args.dataset, args.split)
+    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [args.seed]
     if args.limit:
         table = table.subset(np.arange(min(args.limit, len(table))))
     gamma = args.step_lr if args.step_lr is not None else default_step_lr(model, 1, dataset=args.dataset)
@@ -106,18 +121,29 @@ def main() -> None:
         step_lr = gamma * setting.lr_scale if setting.corrector else 0.0
         times = time_schedule(model.config.timesteps, setting.steps, setting.schedule, setting.rho)
         calls = network_calls(times, setting.method, step_lr, model.config.variant)
-        start = time.perf_counter()
-        preds = predict_split(model, table, 1, steps=setting.steps, step_lr=step_lr, seed=args.seed,
-                              batch_size=args.batch_size, progress=False, method=setting.method,
-                              schedule=setting.schedule, rho=setting.rho, precision=args.precision)
-        seconds = time.perf_counter() - start
-        if args.save_predictions:
-            preds.save(out.parent / f"{out.name}.{setting.name.replace(':', '_')}.json.gz")
-        summary = evaluate_predictions(preds, workers=args.workers, rule=args.rule).summary()
+        seconds, summaries = 0.0, []
+        for seed in seeds:
+            start = time.perf_counter()
+            preds = predict_split(model, table, 1, steps=setting.steps, step_lr=step_lr, seed=seed,
+                                  batch_size=args.batch_size, progress=False, method=setting.method,
+                                  schedule=setting.schedule, rho=setting.rho, precision=args.precision,
+                                  corrector_temperature=setting.temperature)
+            seconds += time.perf_counter() - start
+            if args.save_predictions:
+                suffix = "" if len(seeds) == 1 else f".seed{seed}"
+                preds.save(out.parent / f"{out.name}.{setting.name.replace(':', '_')}{suffix}.json.gz")
+            summaries.append(evaluate_predictions(preds, workers=args.workers, rule=args.rule).summary())
+        rmses = [x["rmse"] for x in summaries if x["rmse"] is not None]
         row = {"setting": setting.name, "method": setting.method, "steps": len(times), "schedule": setting.schedule,
-               "rho": setting.rho, "corrector": setting.corrector, "step_lr": step_lr, "base_step_lr": gamma, "network_calls": calls,
-               "match_rate": summary["match_rate"], "rmse": summary["rmse"], "valid_rate": summary.get("valid_rate"),
-               "seconds_per_crystal": seconds / len(table), "precision": args.precision, "rule": summary.get("rule", args.rule), "n": len(table)}
+               "rho": setting.rho, "corrector": setting.corrector, "step_lr": step_lr, "base_step_lr": gamma,
+               "temperature": setting.temperature, "network_calls": calls,
+               "match_rate": float(np.mean([x["match_rate"] for x in summaries])),
+               "rmse": float(np.mean(rmses)) if rmses else None,
+               "valid_rate": float(np.mean([x.get("valid_rate") or 0.0 for x in summaries])),
+               "seconds_per_crystal": seconds / len(table) / len(seeds), "precision": args.precision,
+               "rule": summaries[0].get("rule", args.rule), "n": len(table), "seeds": "+".join(map(str, seeds)),
+               "match_rate_per_seed": " ".join(f"{x['match_rate']:.4f}" for x in summaries),
+               "rmse_per_seed": " ".join("-" if x["rmse"] is None else f"{x['rmse']:.4f}" for x in summaries)}
         rows.append(row)
         print(f"{setting.name:40s} calls {calls:5d}  match {100 * row['match_rate']:6.2f} %  "
               f"RMSE {row['rmse'] if row['rmse'] is None else round(row['rmse'], 4)}  "
@@ -128,11 +154,12 @@ def main() -> None:
             writer.writerows(rows)
     write_json(out.with_suffix(".json"), {
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]), "model": str(args.run),
-        "dataset": args.dataset, "split": args.split, "crystals": len(table), "k": 1, "seed": args.seed,
+        "dataset": args.dataset, "split": args.split, "crystals": len(table), "k": 1, "seeds": seeds,
         "rule": args.rule, "threads": args.threads, "hardware": hardware(),
         "date": time.strftime("%Y-%m-%d"), "rows": rows,
     })
-    plot(rows, out.with_suffix(".png"), f"{args.dataset}/{args.split}, {len(table)} crystals, k = 1 ({args.rule} rule)")
+    plot(rows, out.with_suffix(".png"), f"{args.dataset}/{args.split}, {len(table)} crystals, k = 1 ({args.rule} rule"
+         + (f", mean of {len(seeds)} seeds)" if len(seeds) > 1 else ")"))
     print(f"wrote {csv_path}, {out.with_suffix('.png')}, {out.with_suffix('.json')}")
 
 
@@ -147,7 +174,8 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     for row in rows:
         grid = row["schedule"] if row["schedule"] == "uniform" else f"power ρ={row['rho']:g}"
         key = f"{row['method']} {grid}{' +corr' if row['corrector'] else ''}" + \
-            ("" if not row["corrector"] or row["step_lr"] == row.get("base_step_lr") else f" γ={row['step_lr']:.2g}")
+            ("" if not row["corrector"] or row["step_lr"] == row.get("base_step_lr") else f" γ={row['step_lr']:.2g}") + \
+            ("" if float(row.get("temperature", 1) or 1) == 1 else f" τ={float(row['temperature']):g}")
         families.setdefault(key, []).append(row)
     for key, group in families.items():
         group = sorted(group, key=lambda r: r["network_calls"])

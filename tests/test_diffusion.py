@@ -353,6 +353,28 @@ def test_ve_corrector_matches_spec(ve, t, gamma):
     assert ((got >= 0) & (got < 1)).all()
     d = (got.double() - expected) % 1.0
     assert torch.minimum(d, 1 - d).max() < 1e-5
+    for tau in (0.0, 0.5):  # a cooler corrector scales only the noise term
+        expected = (f - eta * score + tau * np.sqrt(2 * eta) * z) % 1.0
+        d = (ve.corrector_step(f.float(), score.float(), t, gamma, z.float(), temperature=tau).double() - expected) % 1.0
+        assert torch.minimum(d, 1 - d).max() < 1e-5
+
+
+@pytest.mark.parametrize("tau", [1.0, 0.7, 0.5])
+def test_cool_corrector_samples_the_sharpened_density(ve, tau):
+    """Langevin at temperature τ with the exact score of N(0, σ²) has the stationary variance of
+    the AR(1) chain x' = (1 − a)x + τ√(2η) z, a = η/σ²: τ²σ²·2/(2 − a) (→ τ²σ² for small steps)."""
+    t, gamma = 200, 5e-6
+    sigma = float(ve.sigmas[t])
+    eta = gamma * (sigma / float(ve.sigmas[1])) ** 2
+    a = eta / sigma**2
+    gen = torch.Generator().manual_seed(3)
+    x = torch.zeros(20_000)
+    for _ in range(400):  # ≈ 400·a ≈ 80 relaxation times
+        centred = (x + 0.5) % 1.0 - 0.5
+        x = ve.corrector_step(x, centred / sigma**2, t, gamma, torch.randn(x.shape, generator=gen), temperature=tau)
+    var = float((((x + 0.5) % 1.0 - 0.5) ** 2).mean())
+    expected = tau**2 * sigma**2 * 2 / (2 - a)
+    assert abs(var / expected - 1) < 0.05, (var, expected)
 
 
 @pytest.mark.parametrize("t", [1, 200, 400])

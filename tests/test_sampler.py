@@ -24,7 +24,8 @@ from torch import nn
 from diffcsp import sampler as sampler_mod
 from diffcsp.model import DiffCSP, ModelConfig
 from diffcsp.registry import get_dataset
-from diffcsp.sampler import sample
+from diffcsp.predict import resolve_sampler
+from diffcsp.sampler import sample, sampler_preset
 
 T = 1000
 NUM_ELEMENTS = 100
@@ -188,6 +189,34 @@ def test_csp_returns_the_known_crystals(lambdas, steps, step_lr):
     result = sample(model, [len(c.numbers) for c in CRYSTALS], types_of(CRYSTALS), step_lr=gamma, steps=steps,
                     seed=0, progress=False, device="cpu")
     assert_returns(result, CRYSTALS)
+
+
+@pytest.mark.parametrize("dataset", ["perov_5", "carbon_24", "mp_20"])
+def test_fast_presets_return_the_known_crystals(lambdas, dataset):
+    """`--sampler fast` in every dataset's version (Perov-5's has a cooler, larger corrector step)."""
+    preset = sampler_preset("fast", dataset)
+    model = oracle_model(lambdas)
+    result = sample(model, [len(c.numbers) for c in CRYSTALS], types_of(CRYSTALS),
+                    step_lr=get_dataset(dataset).step_lr("csp") * preset.step_lr_scale, seed=0, progress=False,
+                    device="cpu", **preset.options())
+    assert_returns(result, CRYSTALS)
+
+
+def test_dataset_tuned_presets_apply_to_their_dataset_and_task_only():
+    tuned, generic = sampler_preset("fast", "perov_5"), sampler_preset("fast")
+    assert tuned.corrector_temperature < 1 and tuned.step_lr_scale != generic.step_lr_scale
+    assert sampler_preset("fast", "perov_5", "gen") == generic == sampler_preset("fast", "carbon_24")
+    assert sampler_preset("paper", "perov_5") == sampler_preset("paper")
+    assert sampler_preset("paper").corrector_temperature == 1.0  # the paper's Langevin step
+    # `auto` (diffcsp predict's default) is fast only where fast was measured to hold quality
+    assert sampler_preset("auto", "perov_5") == tuned and sampler_preset("auto", "carbon_24") == generic
+    assert sampler_preset("auto", "mp_20") == sampler_preset("auto", "perov_5", "gen") == sampler_preset("paper")
+    model = DiffCSP(ModelConfig(hidden=8, num_layers=1, num_freqs=2, time_dim=4, dataset="perov_5"), compute_schedules=False)
+    gamma, options = resolve_sampler(model, "fast", None, None)
+    assert gamma == pytest.approx(get_dataset("perov_5").step_lr("csp") * tuned.step_lr_scale)
+    assert options["corrector_temperature"] == tuned.corrector_temperature and options["steps"] == 50
+    with pytest.raises(ValueError, match="corrector_temperature"):
+        sample(model, [2], torch.tensor([8, 8]), steps=2, progress=False, corrector_temperature=1.5)
 
 
 @pytest.mark.parametrize("method", [m for m in METHODS if m != "pc"])

@@ -63,7 +63,7 @@ class _Guard:
 DataDir = Annotated[Optional[Path], typer.Option("--data-dir", help="Folder holding NAME/{train,val,test}.csv (default: $DIFFCSP_DATA, ../shared/datasets, or the user cache).")]
 Steps = Annotated[Optional[int], typer.Option("--steps", help="Reverse diffusion steps (default: the model's T = 1000, as in the paper).")]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed.")]
-Sampler = Annotated[str, typer.Option("--sampler", help="'paper' (default): the paper's 1000 predictor-corrector steps (2000 network calls). 'fast': 50 steps with a 10x corrector step (100 calls, 20x quicker); measured on Perov-5 and Carbon-24 test crystals it keeps the match rate, its RMSE is ~20 % larger on Perov-5 and not larger on Carbon-24 (BENCHMARKS.md, 'Few-step sampling'), so it is not the default. --steps/--step-lr override the preset.")]
+Sampler = Annotated[str, typer.Option("--sampler", help="'auto' (default): 'fast' for models trained on Perov-5 or Carbon-24 (the bundled ones), where it was measured to keep the match rate and RMSE of the paper's sampler (BENCHMARKS.md, 'Few-step sampling'), 'paper' for any other model. 'fast': 50 predictor-corrector steps, 100 network calls (20x fewer; on Perov-5 a cooler, larger corrector step). 'paper': the paper's 1000 steps (2000 calls). --steps/--step-lr override the preset.")]
 Threads = Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch (default: torch's choice).")]
 
 
@@ -223,7 +223,7 @@ def predict_cmd(
     out: Annotated[Path, typer.Option("--out", help="Folder for the CIF and PNG files and summary.csv.")] = Path("predictions"),
     formula_units: Annotated[Optional[int], typer.Option("--formula-units", "-z", help="Formula units per cell (Z) for every sample. Default: each sample's Z is drawn from the cell sizes the model saw in training (Z × atoms per formula ≤ the model's limit, weighted by how often it saw them; Z = 1 with a warning if it saw none). The table and summary.csv give each sample's Z.", show_default=False)] = None,
     from_cif: Annotated[Optional[Path], typer.Option("--from-cif", help="Take the composition and Z from this structure's cell (CIF, or any file pymatgen reads).", show_default=False)] = None,
-    sampler: Sampler = "paper",
+    sampler: Sampler = "auto",
     steps: Annotated[Optional[int], typer.Option("--steps", help="Reverse diffusion steps (default: the sampler preset's, 1000 for 'paper', 50 for 'fast').")] = None,
     step_lr: Annotated[Optional[float], typer.Option("--step-lr", help="Corrector step size γ (default: the paper's value for the model's dataset, times the preset's scale).")] = None,
     seed: Seed = 0,
@@ -325,7 +325,7 @@ def sample_cmd(
     split: Annotated[str, typer.Option("--split", help="Split to predict.")] = "test",
     num_samples: Annotated[int, typer.Option("--num-samples", "-k", help="Samples per crystal.")] = 1,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N crystals of the split (fixed subset).")] = None,
-    sampler: Annotated[str, typer.Option("--sampler", help="'paper' (default here: the paper's 1000 predictor-corrector steps, for benchmarks) or 'fast' (50 steps, 10x corrector step, 100 network calls).")] = "paper",
+    sampler: Annotated[str, typer.Option("--sampler", help="'paper' (default here: the paper's 1000 predictor-corrector steps, for benchmarks), 'fast' (50 steps, 100 network calls; see diffcsp predict --help) or 'auto' (fast where measured).")] = "paper",
     steps: Steps = None,
     step_lr: Annotated[Optional[float], typer.Option("--step-lr", help="Corrector step size (default: the paper's value for the dataset and k; docs/method.md §Sampling).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Crystals sampled together.")] = 1024,

@@ -169,10 +169,16 @@ class WrappedNormalVE(nn.Module):
         """Training target g(σε, σ)/√λ: unit-scale at every noise level."""
         return wrapped_normal_direction(sigma * eps, sigma.expand_as(eps)) / lam.sqrt()
 
-    def corrector_step(self, f: torch.Tensor, score_dir: torch.Tensor, t: int, step_lr: float, z: torch.Tensor) -> torch.Tensor:
-        """Langevin step F ← F − η ŝ + √(2η) z with η = γ (σ_t/σ_1)² (docs/method.md §Sampling, step 1)."""
+    def corrector_step(self, f: torch.Tensor, score_dir: torch.Tensor, t: int, step_lr: float, z: torch.Tensor,
+                       temperature: float = 1.0) -> torch.Tensor:
+        """Langevin step F ← F − η ŝ + τ√(2η) z with η = γ (σ_t/σ_1)² (docs/method.md §Sampling, step 1).
+
+        τ = 1 is the paper's Langevin step. τ < 1 samples a sharpened density p^(1/τ²) at each
+        noise level (low-temperature Langevin): a few-step sampler loses precision where a
+        long chain would have averaged its noise out, and a cooler corrector buys it back.
+        """
         eta = step_lr * (self.sigmas[t] / self.sigmas[1]) ** 2
-        return (f - eta * score_dir + torch.sqrt(2 * eta) * z) % 1.0
+        return (f - eta * score_dir + temperature * torch.sqrt(2 * eta) * z) % 1.0
 
     def ddim_step(self, f: torch.Tensor, score_dir: torch.Tensor, t: int, s: int) -> torch.Tensor:
         """Deterministic step from σ_t to σ_s: F_s = F_t − σ_t(σ_t − σ_s)·ŝ.

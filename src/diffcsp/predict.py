@@ -185,7 +185,7 @@ def resolve_sampler(model: DiffCSP, sampler: str, steps: int | None, step_lr: fl
                     dataset: str | None = None) -> tuple[float, dict[str, Any]]:
     """(corrector step γ, keyword arguments of :func:`sample`) for a named preset, with
     ``steps``/``step_lr`` overriding it; γ defaults to the dataset's value times the preset's scale."""
-    preset = sampler_preset(sampler)
+    preset = sampler_preset(sampler, model.config.dataset if dataset is None else dataset, model.config.task)
     options = preset.options()
     if steps is not None:
         options["steps"] = steps
@@ -196,7 +196,7 @@ def resolve_sampler(model: DiffCSP, sampler: str, steps: int | None, step_lr: fl
 
 def sample_plan(model: DiffCSP, plan: PredictionPlan, steps: int | None = None, step_lr: float | None = None,
                 seed: int | None = 0, progress: bool = False, device: str | torch.device | None = None,
-                sampler: str = "paper") -> list[Structure | None]:
+                sampler: str = "auto") -> list[Structure | None]:
     """Sample every cell of a plan in one sampler call (cells of different sizes batch together).
 
     ``sampler`` names a preset of :data:`diffcsp.sampler.SAMPLERS`; ``steps``/``step_lr``
@@ -212,15 +212,16 @@ def sample_plan(model: DiffCSP, plan: PredictionPlan, steps: int | None = None, 
 def predict(composition: CompositionLike, n: int = 1, model: DiffCSP | str | Path | None = None,
             formula_units: int | None = None, steps: int | None = None, step_lr: float | None = None,
             seed: int | None = 0, progress: bool = False, device: str | torch.device | None = None,
-            sampler: str = "paper") -> list[Structure | None]:
+            sampler: str = "auto") -> list[Structure | None]:
     """Predict ``n`` crystal structures for a composition with a CSP model (default: bundled).
 
     ``composition``: a formula ("LiFePO4"), a pymatgen ``Composition``, a species list, or a
     ``Structure`` (its reduced formula and its Z). ``formula_units``: Z for every sample; ``None``
     draws Z per sample from the cell sizes seen in training (see :func:`plan_prediction`).
-    ``sampler``: ``"paper"`` (default: the paper's 1000 steps) or ``"fast"`` (50 predictor–corrector
-    steps, 100 network calls: the same match rate, on Perov-5 a ~20 % larger RMSE, on
-    Carbon-24 no loss — see BENCHMARKS.md, "Few-step sampling"); ``steps`` and ``step_lr``
+    ``sampler``: ``"auto"`` (default) is ``"fast"`` for models trained on Perov-5 or Carbon-24,
+    where its 50 predictor–corrector steps (100 network calls instead of 2000) were measured to
+    keep the match rate and precision of the paper's 1000 steps (BENCHMARKS.md, "Few-step
+    sampling"), and ``"paper"`` for any other model; either can be named. ``steps`` and ``step_lr``
     override the preset (``step_lr`` defaults to the paper's corrector
     step size for the model's training dataset, times the preset's scale). Unusual inputs (unseen elements or cell sizes) give ``UserWarning``s. A sample whose sampler
     output is not finite (a diverging or damaged model) comes back as ``None``, with a warning.
@@ -413,7 +414,7 @@ def _timed_sample(model: DiffCSP, num_atoms, atom_types, step_lr: float, **kw: A
     result = sample(model, num_atoms, atom_types, step_lr=step_lr, **kw)
     seconds = time.perf_counter() - start
     meta = {"steps": kw.get("steps") or model.config.timesteps, "step_lr": step_lr, "seed": kw.get("seed"),
-            **{k: kw[k] for k in ("method", "schedule", "rho", "precision") if k in kw},
+            **{k: kw[k] for k in ("method", "schedule", "rho", "precision", "corrector_temperature") if k in kw},
             "sampling_seconds": round(seconds, 1), "seconds_per_crystal_sample": round(seconds / max(len(num_atoms), 1), 4),
             "model": model.config.to_dict()}
     return result, meta
@@ -426,7 +427,8 @@ def predict_split(model: DiffCSP, table, num_samples: int = 1, steps: int | None
 
     ``sampler`` names a preset (default ``"paper"``: benchmarks reproduce the paper's sampler);
     ``steps``/``step_lr`` and ``sampler_options`` (``method``, ``schedule``, ``rho``,
-    ``clip_lattice``, ``precision``) override it and go to :func:`diffcsp.sampler.sample`."""
+    ``clip_lattice``, ``precision``, ``corrector_temperature``) override it and go to
+    :func:`diffcsp.sampler.sample`."""
     if model.is_gen:
         raise CompositionError("this is a generation model; use `diffcsp generate`")
     too_big = int((table.num_atoms > model.config.max_atoms).sum())
