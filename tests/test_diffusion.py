@@ -353,7 +353,7 @@ def test_ve_corrector_matches_spec(ve, t, gamma):
     assert ((got >= 0) & (got < 1)).all()
     d = (got.double() - expected) % 1.0
     assert torch.minimum(d, 1 - d).max() < 1e-5
-    for tau in (0.0, 0.5):  # a cooler corrector scales only the noise term
+    for tau in (0.0, 0.5):  # a cooler corrector (temperature κ = tau) scales only the noise term
         expected = (f - eta * score + tau * np.sqrt(2 * eta) * z) % 1.0
         d = (ve.corrector_step(f.float(), score.float(), t, gamma, z.float(), temperature=tau).double() - expected) % 1.0
         assert torch.minimum(d, 1 - d).max() < 1e-5

@@ -171,9 +171,9 @@ class WrappedNormalVE(nn.Module):
 
     def corrector_step(self, f: torch.Tensor, score_dir: torch.Tensor, t: int, step_lr: float, z: torch.Tensor,
                        temperature: float = 1.0) -> torch.Tensor:
-        """Langevin step F ← F − η ŝ + τ√(2η) z with η = γ (σ_t/σ_1)² (docs/method.md §Sampling, step 1).
+        """Langevin step F ← F − η ŝ + κ√(2η) z with η = γ (σ_t/σ_1)² (docs/method.md §Sampling, step 1).
 
-        τ = 1 is the paper's Langevin step. τ < 1 samples a sharpened density p^(1/τ²) at each
+        κ = 1 is the paper's Langevin step. κ < 1 samples a sharpened density p^(1/κ²) at each
         noise level (low-temperature Langevin): a few-step sampler loses precision where a
         long chain would have averaged its noise out, and a cooler corrector buys it back.
         """

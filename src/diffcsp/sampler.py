@@ -174,7 +174,7 @@ def sample(model: DiffCSP, num_atoms: torch.Tensor | list[int], atom_types: torc
     ``"ddim"`` replaces the predictor by deterministic DDIM steps (lattice, types) and their
     variance-exploding analogue (coordinates); ``"heun"`` adds a second-order correction to
     those (one more network call per step). The Langevin corrector runs before every predictor
-    step when ``step_lr`` > 0, whatever the method; ``corrector_temperature`` τ scales its noise
+    step when ``step_lr`` > 0, whatever the method; ``corrector_temperature`` κ scales its noise
     (1: the paper's Langevin step; < 1: a cooler, sharper one). ``schedule``/``rho``: see
     :func:`time_schedule`. ``clip_lattice`` bounds the lengths of the lattice vectors of the
     predicted clean lattice x̂_0 by the model's ``lattice_bound`` (see
