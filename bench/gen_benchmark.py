@@ -21,6 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from csp_benchmark import REPO, _shown, hardware, run  # noqa: E402
 
+from diffcsp.fileio import write_text  # noqa: E402
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -34,10 +36,11 @@ def main() -> None:
     ap.add_argument("--comp-scaler", default="cdvae", choices=["cdvae", "reference"],
                     help="composition-fingerprint scaler for coverage (see `diffcsp evaluate --help`)")
     ap.add_argument("--reevaluate", action="store_true", help="keep an existing generated file, rerun only the evaluation")
+    ap.add_argument("--tag", default="", help="results go to OUT/DATASET_gen-TAG (default: OUT/DATASET_gen)")
     args = ap.parse_args()
 
     run_dir = args.run or REPO / "runs" / f"{args.dataset}_gen_cpu"
-    out = args.out / f"{args.dataset}_gen"
+    out = args.out / (f"{args.dataset}_gen-{args.tag}" if args.tag else f"{args.dataset}_gen")
     out.mkdir(parents=True, exist_ok=True)
     exe = [sys.executable, "-m", "diffcsp"]
     log: list[dict] = []
@@ -86,7 +89,7 @@ def main() -> None:
         f"| {100 * m['struct_valid']:.2f} | {100 * m['comp_valid']:.2f} | {100 * m['valid']:.2f} | {100 * m['cov_recall']:.2f} | "
         f"{100 * m['cov_precision']:.2f} | {m['wdist_density']:.4f} | {m['wdist_num_elems']:.4f} | {m['comp_scaler']} |", "",
         "## Commands", "", "```"] + [f"{e['command']}    # {e['seconds']} s{' (earlier run, reused)' if e.get('reused') else ''}" for e in log] + ["```", ""]
-    (out / f"report-{today}.md").write_text("\n".join(lines))
+    write_text(out / f"report-{today}.md", "\n".join(lines))
     print(f"report written to {out / f'report-{today}.md'}")
 
 
