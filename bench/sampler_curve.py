@@ -8,11 +8,11 @@ next to a JSON with the protocol, hardware and command.
     python bench/sampler_curve.py --run runs/perov_5_cpu --dataset perov_5 --limit 200 \\
         --setting pc:1000 --setting pc:250 --setting ddim:100:power2 --out bench/results/sampler/perov_5
 
-A setting is ``METHOD:STEPS[:SCHEDULE][:corrector|nocorrector|lrX][:tempT]`` with METHOD
+A setting is ``METHOD:STEPS[:SCHEDULE][:corrector|nocorrector|lrX][:tempK]`` with METHOD
 pc/ddim/heun and SCHEDULE ``uniform`` or ``powerR`` (power grid with ρ = R, e.g. ``power2``; R < 1
 puts more steps at high noise). The corrector (Langevin step, the dataset's step size γ) runs for
-pc by default and not for ddim/heun; ``lrX`` turns it on with step size X·γ and ``tempT`` scales
-its noise by T (1: the paper's Langevin step).
+pc by default and not for ddim/heun; ``lrX`` turns it on with step size X·γ and ``tempK`` scales
+its noise by K (the temperature κ; 1: the paper's Langevin step).
 
 ``--split heldout`` samples the held-out validation crystals of the training protocol (the
 crystals `diffcsp train` selects models on), so sampler settings can be tuned without looking
@@ -80,7 +80,7 @@ def main() -> None:
     p.add_argument("--dataset", required=True)
     p.add_argument("--split", default="test", help="test, val, or heldout (the training protocol's validation crystals)")
     p.add_argument("--limit", type=int, default=None, help="first N crystals of the split (default: all)")
-    p.add_argument("--setting", action="append", required=True, help="METHOD:STEPS[:SCHEDULE][:corrector|nocorrector|lrX][:tempT]")
+    p.add_argument("--setting", action="append", required=True, help="METHOD:STEPS[:SCHEDULE][:corrector|nocorrector|lrX][:tempK]")
     p.add_argument("--step-lr", type=float, default=None, help="corrector step size (default: the dataset's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seeds", help="comma-separated seeds: every setting is run with each and averaged (overrides --seed)")
@@ -163,6 +163,12 @@ def main() -> None:
     print(f"wrote {csv_path}, {out.with_suffix('.png')}, {out.with_suffix('.json')}")
 
 
+def _temperature(row: dict) -> float:
+    """The corrector temperature of a row (rows written before it existed: 1)."""
+    value = row.get("temperature")
+    return 1.0 if value in (None, "") else float(value)
+
+
 def plot(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib
 
@@ -175,7 +181,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         grid = row["schedule"] if row["schedule"] == "uniform" else f"power ρ={row['rho']:g}"
         key = f"{row['method']} {grid}{' +corr' if row['corrector'] else ''}" + \
             ("" if not row["corrector"] or row["step_lr"] == row.get("base_step_lr") else f" γ={row['step_lr']:.2g}") + \
-            ("" if float(row.get("temperature", 1) or 1) == 1 else f" τ={float(row['temperature']):g}")
+            ("" if _temperature(row) == 1 else f" κ={_temperature(row):g}")
         families.setdefault(key, []).append(row)
     for key, group in families.items():
         group = sorted(group, key=lambda r: r["network_calls"])
