@@ -389,7 +389,9 @@ def _markdown(summary: dict[str, Any], args: argparse.Namespace, records: list[d
     lines += ["", "Per crystal: `per_crystal.csv`; scatter of energy above the best candidate against RMSE: `energy_vs_rmse.png`; "
               "raw relaxations: `work.jsonl`; numbers: `summary.json`.", "", "## Command", "", "```",
               f"python bench/relax_benchmark.py --out {args.out} --limit {args.limit} --k {args.k} --fmax {args.fmax} --steps {args.steps}"
-              f"{' --baseline' if args.baseline else ''}   # resumable; then --report-only", "```", ""]
+              f"{' --baseline' if args.baseline else ''}"
+              f"{f' --methods {args.methods} --datasets {args.datasets}' if args.methods else ''}   # resumable; then --report-only",
+              "```", ""]
     return "\n".join(lines)
 
 
