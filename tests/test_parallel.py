@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from diffcsp import data as data_mod
-from diffcsp.parallel import mp_context
+from diffcsp.parallel import mp_context, usable_cpus, worker_count
 from diffcsp.registry import get_dataset
 
 
@@ -32,3 +33,23 @@ def test_parse_csv_workers_are_not_forked(datasets_dir: Path, tmp_path: Path, mo
     # the same change in-process does skip every row: the probe can fail
     with pytest.raises(data_mod.DataError, match="overlapping_atoms"):
         data_mod.parse_csv(path, get_dataset("perov_5"), workers=1, progress=False)
+
+
+def test_worker_count_caps_by_tasks_and_request():
+    assert worker_count(5, 2) == 2  # never more workers than tasks
+    assert worker_count(3, 100) == 3
+    assert worker_count(4, 0) == 1  # at least one, even with nothing to do
+    assert worker_count(None, 10_000) == usable_cpus()
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this OS")
+def test_default_workers_follow_the_affinity_mask():
+    """A batch scheduler (or taskset) that grants one core must get one worker, however many
+    cores the machine has: os.cpu_count() alone would oversubscribe."""
+    before = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(before)})
+        assert usable_cpus() == 1
+        assert worker_count(None, 100) == 1
+    finally:
+        os.sched_setaffinity(0, before)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import time
 import warnings
 from collections import Counter
@@ -27,7 +26,7 @@ from tqdm.auto import tqdm
 from diffcsp.errors import DataError
 from diffcsp.fileio import atomic_write, write_json
 from diffcsp.lattice import lattice_from_params
-from diffcsp.parallel import mp_context
+from diffcsp.parallel import mp_context, worker_count
 from diffcsp.registry import DatasetInfo, default_cache_dir, get_dataset, split_path
 
 #: Bump whenever the record construction changes; it invalidates every cache.
@@ -239,7 +238,7 @@ def parse_csv(path: Path, info: DatasetInfo, workers: int | None = None, progres
     props = frame[info.property_column] if info.property_column in frame.columns else pd.Series(np.nan, index=frame.index)
     jobs = [(str(i), c, float(p) if pd.notna(p) else float("nan"), info.max_atoms)
             for i, c, p in zip(frame[id_col], frame["cif"], props, strict=True)]
-    workers = workers if workers is not None else min(len(jobs) // 200 + 1, os.cpu_count() or 1)
+    workers = workers if workers is not None else worker_count(None, len(jobs) // 200 + 1)
     bar = dict(total=len(jobs), desc=f"parsing {info.name}/{path.stem}", unit="crystal", disable=not progress)
     if workers > 1:
         # never fork: the caller often has torch's OpenMP threads running (see diffcsp.parallel)

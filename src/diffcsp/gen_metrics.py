@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
@@ -39,7 +38,7 @@ from tqdm.auto import tqdm
 from diffcsp.cdvae_constants import COMP_SCALER_MEANS, COMP_SCALER_STDS
 from diffcsp.fileio import atomic_write
 from diffcsp.metrics import is_structurally_valid
-from diffcsp.parallel import run_in_pool
+from diffcsp.parallel import run_in_pool, worker_count
 
 __all__ = [
     "COMP_SCALERS",
@@ -211,14 +210,6 @@ def _fingerprint_one(structure: Structure) -> tuple[Fingerprint, Fingerprint]:
     return struct_fp, comp_fp
 
 
-def _default_workers(n_items: int) -> int:
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(cpus, n_items))
-
-
 def _parallel_map(
     fn: Callable[[T], R], items: Sequence[T], workers: int | None, progress: bool, desc: str
 ) -> list[R]:
@@ -228,7 +219,7 @@ def _parallel_map(
     have torch's OpenMP threads running). With one worker (or one item) it runs in-process.
     """
     n = len(items)
-    workers = _default_workers(n) if workers is None else max(1, min(int(workers), max(n, 1)))
+    workers = worker_count(workers, n)
     with tqdm(total=n, desc=desc, disable=not progress, unit="crystal") as bar:
         if workers <= 1 or n <= 1:
             out = []

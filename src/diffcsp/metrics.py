@@ -40,7 +40,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import math
-import os
 import signal
 import threading
 from collections.abc import Iterable, Sequence
@@ -55,7 +54,7 @@ from tqdm.auto import tqdm
 
 from diffcsp.errors import DependencyError
 from diffcsp.fileio import atomic_write
-from diffcsp.parallel import run_in_pool
+from diffcsp.parallel import run_in_pool, worker_count
 from diffcsp.predictions import Predictions, dict_to_structure, structure_to_dict
 
 #: A structure as the evaluator accepts it: a pymatgen Structure or a predictions-file dict.
@@ -513,13 +512,13 @@ def evaluate_csp(
     """Validity, match and RMSE of every sample of every crystal; rows come back in input order.
 
     ``pairs``: one ``(id, formula, ground_truth, samples)`` with structures as pymatgen Structures
-    or predictions-file dicts. ``workers`` defaults to ``os.cpu_count()``; with one worker the
+    or predictions-file dicts. ``workers`` defaults to the usable CPUs; with one worker the
     work runs inline (SIGALRM works in the main thread). ``timeout`` bounds each single match.
     ``rule``: validity rule, ``"official"`` (default) or ``"structure"`` (see :data:`RULES`).
     """
     check_rule(rule)
     n = len(pairs)
-    workers = max(1, min(workers or os.cpu_count() or 1, max(n, 1)))
+    workers = worker_count(workers, n)
     results: list[CrystalResult | None] = [None] * n
     bar = tqdm(total=n, desc="matching", unit="crystal", disable=not progress)
     try:

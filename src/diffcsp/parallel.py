@@ -10,10 +10,26 @@ imported only what it was told to preload) where the platform has it, and ``spaw
 from __future__ import annotations
 
 import multiprocessing
+import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing.context import BaseContext
 from typing import Any
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: the affinity mask where the OS has one (a batch job or
+    ``taskset`` often grants fewer cores than the machine has), else ``os.cpu_count()``."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def worker_count(requested: int | None, n_tasks: int) -> int:
+    """Worker processes for ``n_tasks`` tasks: ``requested`` (all usable CPUs when ``None`` or
+    0), never more than there are tasks and never fewer than one."""
+    return max(1, min(requested or usable_cpus(), max(n_tasks, 1)))
 
 
 def mp_context(preload: Sequence[str] = ()) -> BaseContext:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-import os
 import time
 import warnings
 from collections.abc import Sequence
@@ -35,7 +34,7 @@ from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Structure
 from tqdm.auto import tqdm
 
-from diffcsp.parallel import run_in_pool
+from diffcsp.parallel import run_in_pool, worker_count
 from diffcsp.predictions import Predictions, dict_to_structure, structure_to_dict
 
 #: Statuses of a relaxation. Only ``converged`` and ``unconverged`` (ran out of steps, but the
@@ -253,7 +252,7 @@ def relax_structures(structures: Sequence[Structure | dict[str, Any] | None], fm
         raise ValueError(f"fmax must be > 0 and steps ≥ 1 (got fmax={fmax}, steps={steps})")
     crystals = [s if s is None or isinstance(s, dict) else structure_to_dict(s) for s in structures]
     n = len(crystals)
-    workers = max(1, min(workers or os.cpu_count() or 1, max(n, 1)))
+    workers = worker_count(workers, n)
     raw: list[dict[str, Any] | None] = [None] * n
     bar = tqdm(total=n, desc="relaxing", unit="structure", disable=not progress)
     try:
