@@ -12,6 +12,12 @@ per atom (N instead of N² rows), the lattice term once per crystal, and ψ_ij o
 pass for all layers. The weights are still stored as one ``nn.Linear`` over the concatenation,
 so the straightforward formulation (kept in the tests) runs on the very same parameters.
 
+The pair term W_4 ψ_ij is the largest product left, and half of it is redundant: ψ's sine part
+is odd in f_j − f_i and its cosine part even, so with P = S_ij W_s (sines) and Q = C_ij W_c
+(cosines) computed for i < j only, pair (j, i) gets Q − P and every self-pair the constant sum
+of W_c's columns (ψ_ii = [0…, 1…]). That is n(n−1)/2 products per crystal instead of n² (2.5×
+fewer for Perov-5's n = 5); see :class:`HalfPairs`.
+
 Variants (:mod:`diffcsp.variants`): the paper's ablations swap ψ for wrapped raw differences,
 G for L itself, or hide one component in the first stage of two-stage generation. They are
 options fixed at construction; the defaults build and run exactly the network described above.
@@ -21,6 +27,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -75,6 +83,52 @@ def size_buckets(num_atoms: torch.Tensor) -> list[tuple[int, torch.Tensor, torch
     return buckets
 
 
+@dataclass
+class HalfPairs:
+    """Fourier features of a bucket's pairs i < j only, split into sines and cosines.
+
+    ``sin``/``cos`` (c, P, 3K) with P = n(n−1)/2, columns ordered (axis, k) as in ψ;
+    ``order`` (n²,) puts [pairs i < j, pairs i > j, self-pairs] back in src-major order.
+    """
+
+    sin: torch.Tensor
+    cos: torch.Tensor
+    order: torch.Tensor
+
+    @classmethod
+    def of(cls, f: torch.Tensor, num_freqs: int) -> HalfPairs:
+        """From fractional coordinates ``f`` (c, n, 3) of equally sized crystals."""
+        n = f.shape[1]
+        up, order = _pair_order(n, f.device)
+        k = torch.arange(num_freqs, device=f.device, dtype=f.dtype)
+        args = 2 * math.pi * (f[:, up[1]] - f[:, up[0]]).unsqueeze(-1) * k  # (c, P, 3, K): f_j − f_i, i < j
+        return cls(args.sin().flatten(2), args.cos().flatten(2), order)
+
+    def project(self, w: torch.Tensor) -> torch.Tensor:
+        """ψ_ij · wᵀ for every ordered pair, (c, n, n, H), from ``w`` (H, 6K) in ψ's column order."""
+        c, hid = self.sin.shape[0], w.shape[0]
+        n = math.isqrt(self.order.numel())
+        wk = w.view(hid, -1, 2, w.shape[1] // 6)  # (H, axis, sin/cos, K)
+        w_sin, w_cos = wk[:, :, 0].reshape(hid, -1), wk[:, :, 1].reshape(hid, -1)
+        odd = self.sin @ w_sin.T  # (c, P, H)
+        even = self.cos @ w_cos.T
+        diag = w_cos.sum(1).expand(c, n, hid)
+        # index_select, not [:, order]: its backward is an index_add, not a (much slower) index_put
+        return torch.cat([even + odd, even - odd, diag], 1).index_select(1, self.order).view(c, n, n, hid)
+
+
+@lru_cache(maxsize=64)
+def _pair_order(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(2, P) indices (i, j) of the pairs i < j, and the permutation described in :class:`HalfPairs`."""
+    up = torch.triu_indices(n, n, 1)
+    num = up.shape[1]
+    slot = torch.empty(n, n, dtype=torch.long)
+    slot[up[0], up[1]] = torch.arange(num)
+    slot[up[1], up[0]] = num + torch.arange(num)
+    slot[torch.arange(n), torch.arange(n)] = 2 * num + torch.arange(n)
+    return up.to(device), slot.flatten().to(device)
+
+
 class CSPLayer(nn.Module):
     """One message-passing layer: pre-LayerNorm, pair MLP, mean aggregation, node MLP, residual."""
 
@@ -103,26 +157,29 @@ class CSPLayer(nn.Module):
         agg = torch.zeros_like(x).index_add_(0, src, msg) * inv_count
         return h + self.node_mlp(torch.cat([x, agg], dim=-1))
 
-    def forward_dense(self, h: torch.Tensor, gram: torch.Tensor, blocks: list[tuple[int, torch.Tensor, torch.Tensor | None, torch.Tensor]]
-                      ) -> torch.Tensor:
+    def forward_dense(self, h: torch.Tensor, gram: torch.Tensor,
+                      blocks: list[tuple[int, torch.Tensor, torch.Tensor | None, torch.Tensor | HalfPairs]]) -> torch.Tensor:
         """The same layer on size buckets: ``blocks`` holds (n, crystals, atoms or None when the
-        bucket is the whole batch in order, ψ (c, n, n, 6K)) per crystal size."""
+        bucket is the whole batch in order, pair features) per crystal size; the pair features
+        are :class:`HalfPairs` for ψ, or a (c, n, n, pair_dim) tensor for other pair inputs."""
         H = self.hidden
         x = self.norm(h)
         w, b = self.edge_in.weight, self.edge_in.bias
         node_i = x @ w[:, :H].T
         node_j = x @ w[:, H : 2 * H].T
         lat = gram @ w[:, 2 * H : 2 * H + 9].T + b
-        w_psi = w[:, 2 * H + 9 :].T
+        w_pair = w[:, 2 * H + 9 :]
         parts = []
-        for n, crystals, atoms, psi in blocks:
-            c = psi.shape[0]
+        for n, crystals, atoms, pairs in blocks:
+            c = len(crystals)
             ni = node_i if atoms is None else node_i[atoms]
             nj = node_j if atoms is None else node_j[atoms]
-            # In-place sums into the fresh matmul output: one (c, n, n, H) buffer instead of three
-            # (autograd allows it, the product's backward does not need its output).
-            pre = psi @ w_psi
-            pre += ni.view(c, n, 1, H)
+            pair = pairs.project(w_pair) if isinstance(pairs, HalfPairs) else pairs @ w_pair.T
+            # One (c, n, n, H) buffer instead of four: the first sum allocates it, the others add
+            # in place (autograd allows it: no op here needs its output for backward). The first
+            # must not be in place: ``pair`` may be a view, and in-place ops on a view cost a
+            # full-size copy in backward (CopySlices).
+            pre = pair + ni.view(c, n, 1, H)
             pre += nj.view(c, 1, n, H)
             pre += lat[crystals].view(c, 1, 1, H)
             hidden = F.silu(pre, inplace=not torch.is_grad_enabled())
@@ -252,10 +309,13 @@ class CSPNet(nn.Module):
         buckets = size_buckets(num_atoms)
         for n, crystals, atoms in buckets:
             f = frac[atoms].view(-1, n, 3)
-            diff = f.unsqueeze(1) - f.unsqueeze(2)  # [c, i, j] = f_j − f_i, as in the edge list
-            psi = self._pair_input(diff.reshape(-1, 3)).view(-1, n, n, self.pair_dim)
+            if self.pair_features == "fourier":
+                pairs: torch.Tensor | HalfPairs = HalfPairs.of(f, self.num_freqs)
+            else:
+                diff = f.unsqueeze(1) - f.unsqueeze(2)  # [c, i, j] = f_j − f_i, as in the edge list
+                pairs = self._pair_input(diff.reshape(-1, 3)).view(-1, n, n, self.pair_dim)
             whole = len(buckets) == 1  # one size: atoms are 0..N−1 in order, no gather needed
-            blocks.append((n, crystals, None if whole else atoms, psi))
+            blocks.append((n, crystals, None if whole else atoms, pairs))
         for layer in self.layers:
             h = layer.forward_dense(h, gram, blocks)
         return self._heads(h, lattice, batch, num_atoms)
