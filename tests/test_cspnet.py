@@ -404,3 +404,19 @@ def test_onehot_types():
     assert oh.argmax(-1).tolist() == [0, 99, 7]
     assert torch.equal(oh.sum(-1), torch.ones(3))
     assert F.one_hot(torch.tensor([7]), NUM_ELEMENTS).float().equal(oh[2:3])
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 9])
+def test_half_pairs_give_every_ordered_pair(n):
+    """ψ_ij·Wᵀ for all n² ordered pairs, from the sines and cosines of the pairs i < j only,
+    equals the product of the full Fourier features (computed independently, per pair)."""
+    from diffcsp.cspnet import HalfPairs, fourier_features
+
+    g = torch.Generator().manual_seed(n)
+    K, H, c = 6, 7, 3
+    f = torch.rand(c, n, 3, generator=g, dtype=torch.float64)
+    w = torch.randn(H, 6 * K, generator=g, dtype=torch.float64)
+    got = HalfPairs.of(f, K).project(w)
+    diff = f.unsqueeze(1) - f.unsqueeze(2)  # [c, i, j] = f_j − f_i
+    want = (fourier_features(diff.reshape(-1, 3), K) @ w.T).view(c, n, n, H)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
