@@ -41,6 +41,21 @@ INPUTS = {
 }
 
 
+def inputs(overrides: list[str]) -> dict[str, Path]:
+    """The predictions file per dataset: the committed defaults, with ``DATASET=PATH`` overrides."""
+    chosen = dict(INPUTS)
+    for item in overrides:
+        name, sep, path = item.partition("=")
+        if not sep or name not in INPUTS:
+            raise SystemExit(f"--input wants DATASET=PATH with DATASET one of {', '.join(INPUTS)}, not {item!r}")
+        chosen[name] = Path(path).resolve()
+    return chosen
+
+
+def _shown(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def _result_to_json(r) -> dict[str, Any]:
     from diffcsp.predictions import structure_to_dict
 
@@ -131,7 +146,11 @@ def run(args: argparse.Namespace) -> None:
         for line in work.read_text().splitlines():
             rec = json.loads(line)
             done.add((rec["method"], rec["dataset"], rec["index"]))
-    preds = {name: Predictions.load(path) for name, path in INPUTS.items()}
+            source = rec.get("input", _shown(INPUTS[rec["dataset"]]))
+            if rec["method"].startswith("diffcsp") and source != _shown(args.inputs[rec["dataset"]]):
+                raise SystemExit(f"{work} holds {rec['dataset']} work on {source}, not on "
+                                 f"{_shown(args.inputs[rec['dataset']])}: use another --out for another input")
+    preds = {name: Predictions.load(path) for name, path in args.inputs.items()}
     methods = tuple(args.methods.split(",")) if args.methods else None
     datasets = tuple(args.datasets.split(","))
     for method, dataset, i in work_items(args.limit, args.baseline, methods=methods, datasets=datasets):
@@ -148,6 +167,7 @@ def run(args: argparse.Namespace) -> None:
         results = relax_structures(inputs, fmax=args.fmax, steps=args.steps, workers=1, progress=False, symprec=symprec,
                                    pressure=pressure)
         rec = {"method": method, "dataset": dataset, "index": i, "id": crystal["id"], "formula": crystal["formula"],
+               "input": _shown(args.inputs[dataset]),
                "fmax": args.fmax, "symprec": symprec, "pressure_GPa": pressure, "max_steps": args.steps, "wall_seconds": round(time.perf_counter() - start, 2),
                "inputs": inputs[: args.k] if method.startswith("pyxtal") else None,
                "samples": [_result_to_json(r) for r in results[: args.k]],
@@ -208,11 +228,11 @@ def report(args: argparse.Namespace) -> None:
 
     out = Path(args.out)
     records = [json.loads(line) for line in (out / "work.jsonl").read_text().splitlines()]
-    sources = {name: Predictions.load(path) for name, path in INPUTS.items()}
+    sources = {name: Predictions.load(path) for name, path in args.inputs.items()}
     summary: dict[str, Any] = {}
     scatter: dict[str, list[tuple[float, float | None]]] = {}
     per_crystal_rows = []
-    for (method, dataset) in [(m, d) for m in ("diffcsp", "diffcsp_sym", "diffcsp_p10") for d in INPUTS]:
+    for (method, dataset) in [(m, d) for m in ("diffcsp", "diffcsp_sym", "diffcsp_p10") for d in args.inputs]:
         ours = sorted((r for r in records if r["method"] == method and r["dataset"] == dataset), key=lambda r: r["index"])
         if not ours:
             continue
@@ -348,9 +368,9 @@ def _markdown(summary: dict[str, Any], args: argparse.Namespace, records: list[d
              f"1 worker, 1 torch thread; Python {platform.python_version()}, torch {torch.__version__}",
              f"- **Potential**: CHGNet {records[0].get('chgnet', '0.3.0 pretrained (chgnet 0.4.2 wheel)')}; "
              f"FIRE + FrechetCellFilter, fmax = {records[0]['fmax']} eV/Å, at most {records[0]['max_steps']} steps",
-             "- **Samples**: the first k = 10 samples of the committed k = 20 DiffCSP predictions "
-             "(`bench/results/carbon_24/k20_first25_steps250.json.gz`, `bench/results/perov_5/k20_first100_steps250.json.gz`: "
-             "models `runs/*_cpu`, 250 steps, seed 0), first N test crystals in file order",
+             f"- **Samples**: the first k = {len(records[0]['samples'])} samples of the DiffCSP predictions in "
+             + ", ".join(f"`{_shown(args.inputs[d])}`" for d in sorted({r['dataset'] for r in records}))
+             + " (bundled models, seed 0; see each file's meta for the sampler), first N test crystals in file order",
              "- **Metric**: the project's evaluator (`diffcsp.metrics.evaluate_predictions`, default = official DiffCSP validity rule; StructureMatcher "
              "stol 0.5, ltol 0.3, angle_tol 10) on k = 1 files built by `diffcsp.relax.top1_by_energy`; "
              "match rate over all crystals, RMSE (in brackets) over matched ones", ""]
@@ -390,7 +410,7 @@ def _markdown(summary: dict[str, Any], args: argparse.Namespace, records: list[d
               "raw relaxations: `work.jsonl`; numbers: `summary.json`.", "", "## Command", "", "```",
               f"python bench/relax_benchmark.py --out {args.out} --limit {args.limit} --k {args.k} --fmax {args.fmax} --steps {args.steps}"
               f"{' --baseline' if args.baseline else ''}"
-              f"{f' --methods {args.methods} --datasets {args.datasets}' if args.methods else ''}   # resumable; then --report-only",
+              f"{f' --methods {args.methods} --datasets {args.datasets}' if args.methods else ''}{''.join(f' --input {i}' for i in args.input)}   # resumable; then --report-only",
               "```", ""]
     return "\n".join(lines)
 
@@ -406,8 +426,12 @@ def main() -> None:
     parser.add_argument("--methods", help=f"comma-separated subset of {','.join(METHODS)} (run crystal by crystal; "
                         "default: the plan of work_items)")
     parser.add_argument("--datasets", default="carbon_24,perov_5", help="with --methods: which datasets")
+    parser.add_argument("--input", action="append", default=[], metavar="DATASET=PATH",
+                        help="predictions file (k samples per crystal) to relax for DATASET, instead of the "
+                             "committed default; one out folder per input (work.jsonl records it)")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
+    args.inputs = inputs(args.input)
     if not args.report_only:
         run(args)
     report(args)
