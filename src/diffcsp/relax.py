@@ -132,8 +132,20 @@ def _finite(x: Any) -> float | None:
     return x if math.isfinite(x) else None
 
 
+#: ASE optimisers that may drive a relaxation (on a FrechetCellFilter: cell and positions together)
+OPTIMIZERS = ("fire", "bfgs", "lbfgs")
+
+
+def _optimizer(name: str, target: Any) -> Any:
+    from ase.optimize import BFGS, FIRE, LBFGS
+
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {name!r}")
+    return {"fire": FIRE, "bfgs": BFGS, "lbfgs": LBFGS}[name](target, logfile=None)
+
+
 def relax_one(crystal: dict[str, Any] | None, fmax: float = 0.05, steps: int = 500, index: int = 0,
-              symprec: float | None = None, pressure: float = 0.0) -> dict[str, Any]:
+              symprec: float | None = None, pressure: float = 0.0, optimizer: str = "fire") -> dict[str, Any]:
     """Relax one structure (predictions-file dict) and return a picklable result dict.
 
     Never raises for a bad structure: the ``status`` says what happened. ``None`` (a sample the
@@ -161,7 +173,6 @@ def relax_one(crystal: dict[str, Any] | None, fmax: float = 0.05, steps: int = 5
             out.update(status=INVALID, message="overlapping atoms or degenerate cell")
             return out
         from ase.filters import FrechetCellFilter
-        from ase.optimize import FIRE
         from pymatgen.io.ase import AseAtomsAdaptor
 
         atoms = AseAtomsAdaptor.get_atoms(structure)
@@ -173,7 +184,7 @@ def relax_one(crystal: dict[str, Any] | None, fmax: float = 0.05, steps: int = 5
             atoms.set_constraint(FixSymmetry(atoms, symprec=symprec))
         atoms.calc = load_potential()
         n = len(atoms)
-        optimizer = FIRE(FrechetCellFilter(atoms, scalar_pressure=pressure * _GPA), logfile=None)
+        opt = _optimizer(optimizer, FrechetCellFilter(atoms, scalar_pressure=pressure * _GPA))
 
         def per_atom() -> float | None:  # energy, or enthalpy under pressure
             return _finite((atoms.get_potential_energy() + pressure * _GPA * atoms.get_volume()) / n)
@@ -181,22 +192,22 @@ def relax_one(crystal: dict[str, Any] | None, fmax: float = 0.05, steps: int = 5
         converged = False
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            for converged in optimizer.irun(fmax=fmax, steps=steps):
+            for converged in opt.irun(fmax=fmax, steps=steps):
                 energy = per_atom()
-                if out["initial_energy_per_atom"] is None and optimizer.nsteps == 0:
+                if out["initial_energy_per_atom"] is None and opt.nsteps == 0:
                     out["initial_energy_per_atom"] = energy
                 volume = atoms.get_volume() / n
                 if energy is None or not np.isfinite(atoms.get_forces()).all():
-                    out.update(status=DIVERGED, message=f"non-finite energy or forces at step {optimizer.nsteps}")
+                    out.update(status=DIVERGED, message=f"non-finite energy or forces at step {opt.nsteps}")
                     break
                 if not VOLUME_PER_ATOM_RANGE[0] < volume < VOLUME_PER_ATOM_RANGE[1]:
-                    out.update(status=DIVERGED, message=f"cell blew up or collapsed ({volume:.3g} Å³/atom) at step {optimizer.nsteps}")
+                    out.update(status=DIVERGED, message=f"cell blew up or collapsed ({volume:.3g} Å³/atom) at step {opt.nsteps}")
                     break
             else:
                 out["status"] = CONVERGED if converged else UNCONVERGED
                 if not converged:
                     out["message"] = f"not converged to fmax={fmax} in {steps} steps"
-        out["steps"] = int(optimizer.nsteps)
+        out["steps"] = int(opt.nsteps)
         atoms.set_constraint()  # the structure adaptor copies constraints into site properties
         final = AseAtomsAdaptor.get_structure(atoms)
         out["crystal"] = structure_to_dict(final)
@@ -240,7 +251,7 @@ def _worker_init() -> None:
 
 def relax_structures(structures: Sequence[Structure | dict[str, Any] | None], fmax: float = 0.05, steps: int = 500,
                      workers: int | None = None, progress: bool = True, symprec: float | None = None,
-                     pressure: float = 0.0) -> list[RelaxResult]:
+                     pressure: float = 0.0, optimizer: str = "fire") -> list[RelaxResult]:
     """Relax every structure (cell + positions); results in input order, failures as statuses.
 
     ``workers`` defaults to the number of cores (at most one per structure). With one worker the
@@ -250,6 +261,8 @@ def relax_structures(structures: Sequence[Structure | dict[str, Any] | None], fm
     """
     if fmax <= 0 or steps < 1:
         raise ValueError(f"fmax must be > 0 and steps ≥ 1 (got fmax={fmax}, steps={steps})")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {optimizer!r}")
     crystals = [s if s is None or isinstance(s, dict) else structure_to_dict(s) for s in structures]
     n = len(crystals)
     workers = worker_count(workers, n)
@@ -259,7 +272,7 @@ def relax_structures(structures: Sequence[Structure | dict[str, Any] | None], fm
         if workers == 1:
             load_potential()
             for i, crystal in enumerate(crystals):
-                raw[i] = relax_one(crystal, fmax, steps, i, symprec, pressure)
+                raw[i] = relax_one(crystal, fmax, steps, i, symprec, pressure, optimizer)
                 bar.update(1)
         else:
             def worker_failed(i: int, exc: BaseException) -> dict[str, Any]:  # e.g. out of memory
@@ -268,7 +281,7 @@ def relax_structures(structures: Sequence[Structure | dict[str, Any] | None], fm
                         "max_force": None, "max_stress": None, "seconds": 0.0,
                         "message": f"worker failed: {type(exc).__name__}: {exc}"[:300]}
 
-            raw = run_in_pool(relax_one, [(c, fmax, steps, i, symprec, pressure) for i, c in enumerate(crystals)],
+            raw = run_in_pool(relax_one, [(c, fmax, steps, i, symprec, pressure, optimizer) for i, c in enumerate(crystals)],
                               workers, bar, initializer=_worker_init, on_error=worker_failed)
     finally:
         bar.close()
