@@ -27,7 +27,7 @@ from diffcsp.cli import app
 from diffcsp.metrics import evaluate_predictions
 from diffcsp.predict import describe
 from diffcsp.predictions import Predictions, structure_to_dict
-from diffcsp.relax import (CONVERGED, DIVERGED, FAILED, INVALID, UNCONVERGED, load_potential, output_paths, rank_results,
+from diffcsp.relax import (CONVERGED, DIVERGED, FAILED, INVALID, OPTIMIZERS, UNCONVERGED, load_potential, output_paths, rank_results,
                            relax_and_rank, relax_structures, top1_by_energy)
 
 NACL_EXP_A = 5.640
@@ -64,10 +64,11 @@ def distort(s: Structure, seed: int = 0) -> Structure:
     return Structure(lattice, out.species, cart, coords_are_cartesian=True)
 
 
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
 @pytest.mark.parametrize(("make", "a_exp"), [(nacl_primitive, NACL_EXP_A), (srtio3, SRTIO3_EXP_A)], ids=["NaCl", "SrTiO3"])
-def test_relaxation_recovers_known_lattice(make, a_exp):
+def test_relaxation_recovers_known_lattice(make, a_exp, optimizer):
     start = distort(make(a_exp))
-    [result] = relax_structures([start], fmax=0.02, steps=300, workers=1, progress=False)
+    [result] = relax_structures([start], fmax=0.02, steps=300, workers=1, progress=False, optimizer=optimizer)
     assert result.status == CONVERGED, result.message
     assert result.energy_per_atom < result.initial_energy_per_atom
     assert result.max_force < 0.03
@@ -233,3 +234,8 @@ def test_pressure_compresses_diamond_by_its_bulk_modulus():
     assert 0.015 < shrink < 0.035, shrink
     pv = 10.0 / 160.21766208 * squeezed.structure.volume / len(diamond)  # eV/atom
     assert squeezed.energy_per_atom - zero.energy_per_atom == pytest.approx(pv, abs=0.01)  # E barely changes
+
+
+def test_unknown_optimizer_is_refused_before_any_work():
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        relax_structures([nacl_primitive(NACL_EXP_A)], optimizer="newton", workers=1, progress=False)
