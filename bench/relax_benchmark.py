@@ -146,6 +146,9 @@ def run(args: argparse.Namespace) -> None:
         for line in work.read_text().splitlines():
             rec = json.loads(line)
             done.add((rec["method"], rec["dataset"], rec["index"]))
+            if rec.get("optimizer", "fire") != args.optimizer:
+                raise SystemExit(f"{work} was relaxed with {rec.get('optimizer', 'fire')}, not {args.optimizer}: "
+                                 "use another --out for another optimiser")
             source = rec.get("input", _shown(INPUTS[rec["dataset"]]))
             if rec["method"].startswith("diffcsp") and source != _shown(args.inputs[rec["dataset"]]):
                 raise SystemExit(f"{work} holds {rec['dataset']} work on {source}, not on "
@@ -165,10 +168,10 @@ def run(args: argparse.Namespace) -> None:
         symprec = SYMPREC if method == "diffcsp_sym" else None
         pressure = PRESSURE if method.endswith("_p10") else 0.0
         results = relax_structures(inputs, fmax=args.fmax, steps=args.steps, workers=1, progress=False, symprec=symprec,
-                                   pressure=pressure)
+                                   pressure=pressure, optimizer=args.optimizer)
         rec = {"method": method, "dataset": dataset, "index": i, "id": crystal["id"], "formula": crystal["formula"],
                "input": _shown(args.inputs[dataset]),
-               "fmax": args.fmax, "symprec": symprec, "pressure_GPa": pressure, "max_steps": args.steps, "wall_seconds": round(time.perf_counter() - start, 2),
+               "fmax": args.fmax, "optimizer": args.optimizer, "symprec": symprec, "pressure_GPa": pressure, "max_steps": args.steps, "wall_seconds": round(time.perf_counter() - start, 2),
                "inputs": inputs[: args.k] if method.startswith("pyxtal") else None,
                "samples": [_result_to_json(r) for r in results[: args.k]],
                "ground_truth": _result_to_json(results[-1]) if method.startswith("diffcsp") else None}
@@ -367,7 +370,7 @@ def _markdown(summary: dict[str, Any], args: argparse.Namespace, records: list[d
              f"- **Hardware**: {_cpu_name()}, {os.cpu_count()} cores shared with training jobs and other work; "
              f"1 worker, 1 torch thread; Python {platform.python_version()}, torch {torch.__version__}",
              f"- **Potential**: CHGNet {records[0].get('chgnet', '0.3.0 pretrained (chgnet 0.4.2 wheel)')}; "
-             f"FIRE + FrechetCellFilter, fmax = {records[0]['fmax']} eV/Å, at most {records[0]['max_steps']} steps",
+             f"{records[0].get('optimizer', 'fire').upper()} + FrechetCellFilter, fmax = {records[0]['fmax']} eV/Å, at most {records[0]['max_steps']} steps",
              f"- **Samples**: the first k = {len(records[0]['samples'])} samples of the DiffCSP predictions in "
              + ", ".join(f"`{_shown(args.inputs[d])}`" for d in sorted({r['dataset'] for r in records}))
              + " (bundled models, seed 0; see each file's meta for the sampler), first N test crystals in file order",
@@ -408,7 +411,7 @@ def _markdown(summary: dict[str, Any], args: argparse.Namespace, records: list[d
                      f"Ground-truth relaxations: {e['gt_relaxed_statuses']}. Sample statuses: {e['statuses']}.")
     lines += ["", "Per crystal: `per_crystal.csv`; scatter of energy above the best candidate against RMSE: `energy_vs_rmse.png`; "
               "raw relaxations: `work.jsonl`; numbers: `summary.json`.", "", "## Command", "", "```",
-              f"python bench/relax_benchmark.py --out {args.out} --limit {args.limit} --k {args.k} --fmax {args.fmax} --steps {args.steps}"
+              f"python bench/relax_benchmark.py --out {args.out} --limit {args.limit} --k {args.k} --fmax {args.fmax} --steps {args.steps} --optimizer {args.optimizer}"
               f"{' --baseline' if args.baseline else ''}"
               f"{f' --methods {args.methods} --datasets {args.datasets}' if args.methods else ''}{''.join(f' --input {i}' for i in args.input)}   # resumable; then --report-only",
               "```", ""]
@@ -422,6 +425,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=10, help="samples per crystal")
     parser.add_argument("--fmax", type=float, default=0.1)
     parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--optimizer", default="fire", help="ASE optimiser: fire, bfgs or lbfgs (recorded per work item)")
     parser.add_argument("--baseline", action="store_true", help="also relax PyXtal random structures (after our work)")
     parser.add_argument("--methods", help=f"comma-separated subset of {','.join(METHODS)} (run crystal by crystal; "
                         "default: the plan of work_items)")

@@ -212,6 +212,7 @@ Checkpoint = Annotated[Optional[Path], typer.Option("--checkpoint", "-c", "--mod
 
 Fmax = Annotated[float, typer.Option("--fmax", help="Relaxation converges when every force (and cell force) is below this, eV/Å.")]
 RelaxSteps = Annotated[int, typer.Option("--relax-steps", help="Most optimiser steps per relaxation; one that needs more is kept as 'unconverged'.")]
+RelaxOptimizer = Annotated[str, typer.Option("--optimizer", help="ASE optimiser for the relaxations: 'fire', 'bfgs' or 'lbfgs' (cell and positions together).")]
 RelaxSymprec = Annotated[Optional[float], typer.Option("--symprec", help="Relax each structure within the space group spglib finds at this tolerance in Å (ASE FixSymmetry); default: unconstrained.", show_default=False)]
 
 
@@ -231,6 +232,7 @@ def predict_cmd(
     relax: Annotated[bool, typer.Option("--relax", help="Relax every sample with the pretrained CHGNet potential (needs the package's 'relax' extra), merge equivalent results and rank them by energy: OUT gets rankNN_ files and the ranked summary.csv, the raw samples go to OUT/samples/.")] = False,
     fmax: Fmax = 0.05,
     relax_steps: RelaxSteps = 500,
+    optimizer: RelaxOptimizer = "fire",
 ) -> None:
     """Predict crystal structures for a composition.
 
@@ -250,12 +252,14 @@ def predict_cmd(
         if (formula is None) == (from_cif is None):
             raise ValueError("give a formula or --from-cif FILE (exactly one)")
         if relax:
-            from diffcsp.relax import require_potential
+            from diffcsp.relax import OPTIMIZERS, require_potential
 
             try:
                 require_potential()
             except ImportError as exc:
                 raise ValueError(str(exc)) from None
+            if optimizer not in OPTIMIZERS:
+                raise ValueError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, not {optimizer!r}")
         if from_cif is not None:
             if formula_units is not None:
                 raise ValueError("--from-cif takes Z from the file's cell; drop -z/--formula-units")
@@ -281,7 +285,7 @@ def predict_cmd(
             from diffcsp.relax import relax_rank_and_write
 
             write_predictions(structures, plan.formula_units, out / "samples", stem, symprec=SYMPREC)
-            rows, note = relax_rank_and_write(structures, out, stem, fmax=fmax, steps=relax_steps)
+            rows, note = relax_rank_and_write(structures, out, stem, fmax=fmax, steps=relax_steps, optimizer=optimizer)
             _print_ranked_table(rows, f"{name}: {n} samples relaxed with CHGNet → {note} → {out}/")
             return
         rows = write_predictions(structures, plan.formula_units, out, stem, symprec=SYMPREC)
@@ -385,6 +389,7 @@ def relax_cmd(
     out: Annotated[Optional[Path], typer.Option("--out", help="Relaxed predictions file (default: NAME.relaxed.json.gz next to the input).", show_default=False)] = None,
     fmax: Fmax = 0.05,
     relax_steps: RelaxSteps = 500,
+    optimizer: RelaxOptimizer = "fire",
     symprec: RelaxSymprec = None,
     pressure: Annotated[float, typer.Option("--pressure", help="Hydrostatic pressure in GPa; energies are then enthalpies (E + PV)/N.")] = 0.0,
     workers: Annotated[Optional[int], typer.Option("--workers", help="Worker processes, one torch thread each (default: all cores).")] = None,
@@ -407,7 +412,7 @@ def relax_cmd(
             out = predictions.with_name(f"{stem}.relaxed.json.gz")
         try:
             relaxed = relax_predictions(preds, fmax=fmax, steps=relax_steps, workers=workers, symprec=symprec,
-                                        pressure=pressure)
+                                        pressure=pressure, optimizer=optimizer)
         except ImportError as exc:
             raise ValueError(str(exc)) from None
         relaxed.meta["relaxed_from"] = str(predictions)

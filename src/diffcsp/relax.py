@@ -119,12 +119,12 @@ def require_potential() -> None:
         raise ImportError('relaxation needs the CHGNet potential: pip install "diffcsp[relax]"')
 
 
-def potential_info() -> dict[str, Any]:
-    """Name and versions of the potential, for provenance in output files."""
+def potential_info(optimizer: str = "fire") -> dict[str, Any]:
+    """Name and versions of the potential and the optimiser, for provenance in output files."""
     from importlib.metadata import version
 
     return {"potential": "CHGNet", "chgnet_version": version("chgnet"), "model_version": load_potential().version,
-            "optimizer": "ase.optimize.FIRE + ase.filters.FrechetCellFilter"}
+            "optimizer": f"ase.optimize.{optimizer.upper()} + ase.filters.FrechetCellFilter"}
 
 
 def _finite(x: Any) -> float | None:
@@ -134,6 +134,7 @@ def _finite(x: Any) -> float | None:
 
 #: ASE optimisers that may drive a relaxation (on a FrechetCellFilter: cell and positions together)
 OPTIMIZERS = ("fire", "bfgs", "lbfgs")
+DEFAULT_OPTIMIZER = "fire"
 
 
 def _optimizer(name: str, target: Any) -> Any:
@@ -145,7 +146,7 @@ def _optimizer(name: str, target: Any) -> Any:
 
 
 def relax_one(crystal: dict[str, Any] | None, fmax: float = 0.05, steps: int = 500, index: int = 0,
-              symprec: float | None = None, pressure: float = 0.0, optimizer: str = "fire") -> dict[str, Any]:
+              symprec: float | None = None, pressure: float = 0.0, optimizer: str = DEFAULT_OPTIMIZER) -> dict[str, Any]:
     """Relax one structure (predictions-file dict) and return a picklable result dict.
 
     Never raises for a bad structure: the ``status`` says what happened. ``None`` (a sample the
@@ -251,7 +252,7 @@ def _worker_init() -> None:
 
 def relax_structures(structures: Sequence[Structure | dict[str, Any] | None], fmax: float = 0.05, steps: int = 500,
                      workers: int | None = None, progress: bool = True, symprec: float | None = None,
-                     pressure: float = 0.0, optimizer: str = "fire") -> list[RelaxResult]:
+                     pressure: float = 0.0, optimizer: str = DEFAULT_OPTIMIZER) -> list[RelaxResult]:
     """Relax every structure (cell + positions); results in input order, failures as statuses.
 
     ``workers`` defaults to the number of cores (at most one per structure). With one worker the
@@ -336,10 +337,11 @@ def rank_results(results: Sequence[RelaxResult], matcher: StructureMatcher | Non
 
 
 def relax_and_rank(structures: Sequence[Structure], fmax: float = 0.05, steps: int = 500, workers: int | None = None,
-                   progress: bool = False, symprec: float | None = None) -> list[RankedCandidate]:
+                   progress: bool = False, symprec: float | None = None, optimizer: str = DEFAULT_OPTIMIZER
+                   ) -> list[RankedCandidate]:
     """Relax every structure and return the distinct results ranked by energy per atom."""
     return rank_results(relax_structures(structures, fmax=fmax, steps=steps, workers=workers, progress=progress,
-                                         symprec=symprec))
+                                         symprec=symprec, optimizer=optimizer))
 
 
 def write_ranked(candidates: Sequence[RankedCandidate], results: Sequence[RelaxResult], out_dir: str | Path, stem: str,
@@ -390,10 +392,11 @@ def write_ranked(candidates: Sequence[RankedCandidate], results: Sequence[RelaxR
 
 def relax_rank_and_write(structures: Sequence[Structure | None], out_dir: str | Path, stem: str, fmax: float = 0.05,
                          steps: int = 500, workers: int | None = None, progress: bool = True,
-                         symprec: float | None = None) -> tuple[list[dict[str, Any]], str]:
+                         symprec: float | None = None, optimizer: str = DEFAULT_OPTIMIZER) -> tuple[list[dict[str, Any]], str]:
     """What ``diffcsp predict --relax`` does after sampling: relax, rank, write; returns the rows
     of ``summary.csv`` and a one-line note (distinct structures, samples that could not be ranked)."""
-    results = relax_structures(structures, fmax=fmax, steps=steps, workers=workers, progress=progress, symprec=symprec)
+    results = relax_structures(structures, fmax=fmax, steps=steps, workers=workers, progress=progress, symprec=symprec,
+                               optimizer=optimizer)
     candidates = rank_results(results)
     rows = write_ranked(candidates, results, out_dir, stem)
     failed = [r for r in results if not r.rankable]
@@ -410,7 +413,8 @@ def relax_rank_and_write(structures: Sequence[Structure | None], out_dir: str | 
 
 
 def relax_predictions(preds: Predictions, fmax: float = 0.05, steps: int = 500, workers: int | None = None,
-                      progress: bool = True, symprec: float | None = None, pressure: float = 0.0) -> Predictions:
+                      progress: bool = True, symprec: float | None = None, pressure: float = 0.0,
+                      optimizer: str = DEFAULT_OPTIMIZER) -> Predictions:
     """Relax every sample of a CSP predictions file; a new file whose samples are the relaxed ones.
 
     Each sample dict keeps the usual keys (the relaxed structure, so ``diffcsp evaluate`` scores
@@ -423,7 +427,7 @@ def relax_predictions(preds: Predictions, fmax: float = 0.05, steps: int = 500, 
     flat = [s for c in preds.crystals for s in c["samples"]]
     start = time.perf_counter()
     results = relax_structures(flat, fmax=fmax, steps=steps, workers=workers, progress=progress, symprec=symprec,
-                               pressure=pressure)
+                               pressure=pressure, optimizer=optimizer)
     seconds = time.perf_counter() - start
     crystals, i = [], 0
     for c in preds.crystals:
@@ -439,7 +443,7 @@ def relax_predictions(preds: Predictions, fmax: float = 0.05, steps: int = 500, 
             samples.append(relaxed)
         crystals.append({**c, "samples": samples})
     statuses = {s: sum(r.status == s for r in results) for s in (CONVERGED, UNCONVERGED, DIVERGED, FAILED, INVALID)}
-    meta = {**preds.meta, "relax": {**potential_info(), "fmax": fmax, "steps": steps, "symprec": symprec, "pressure_GPa": pressure,
+    meta = {**preds.meta, "relax": {**potential_info(optimizer), "fmax": fmax, "steps": steps, "symprec": symprec, "pressure_GPa": pressure,
                                     "energy": "enthalpy (E + PV)/N" if pressure else "E/N", "seconds": round(seconds, 1),
                                     "seconds_per_relaxation": round(sum(r.seconds for r in results) / max(len(results), 1), 3),
                                     "statuses": statuses}}
