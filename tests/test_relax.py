@@ -184,6 +184,13 @@ def test_relax_cli_rejects_bad_input(tmp_path):
     assert res.exit_code == 1 and "error:" in res.output and "Traceback" not in res.output
     res = CliRunner().invoke(app, ["relax", str(_tiny_predictions().save(tmp_path / "p.json.gz")), "--fmax", "0"])
     assert res.exit_code == 1 and "fmax" in res.output
+    res = CliRunner().invoke(app, ["relax", str(tmp_path / "p.json.gz"), "--optimizer", "newton"])
+    assert res.exit_code == 1 and "optimizer must be one of" in res.output
+    # predict refuses it before loading a model or sampling: nothing is written
+    res = CliRunner().invoke(app, ["predict", "SrTiO3", "-n", "1", "--relax", "--optimizer", "newton",
+                                   "--out", str(tmp_path / "pred")])
+    assert res.exit_code == 1 and "optimizer must be one of" in res.output
+    assert not (tmp_path / "pred").exists()
 
 
 def test_symprec_relaxes_within_the_space_group():

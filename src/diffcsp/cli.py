@@ -252,14 +252,13 @@ def predict_cmd(
         if (formula is None) == (from_cif is None):
             raise ValueError("give a formula or --from-cif FILE (exactly one)")
         if relax:
-            from diffcsp.relax import OPTIMIZERS, require_potential
+            from diffcsp.relax import check_optimizer, require_potential
 
             try:
                 require_potential()
             except ImportError as exc:
                 raise ValueError(str(exc)) from None
-            if optimizer not in OPTIMIZERS:
-                raise ValueError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, not {optimizer!r}")
+            check_optimizer(optimizer)
         if from_cif is not None:
             if formula_units is not None:
                 raise ValueError("--from-cif takes Z from the file's cell; drop -z/--formula-units")

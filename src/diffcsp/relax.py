@@ -137,11 +137,16 @@ OPTIMIZERS = ("fire", "bfgs", "lbfgs")
 DEFAULT_OPTIMIZER = "fire"
 
 
+def check_optimizer(name: str) -> None:
+    """Refuse an unknown optimiser name up front, before any sampling or relaxation."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {name!r}")
+
+
 def _optimizer(name: str, target: Any) -> Any:
     from ase.optimize import BFGS, FIRE, LBFGS
 
-    if name not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {name!r}")
+    check_optimizer(name)
     return {"fire": FIRE, "bfgs": BFGS, "lbfgs": LBFGS}[name](target, logfile=None)
 
 
@@ -262,8 +267,7 @@ def relax_structures(structures: Sequence[Structure | dict[str, Any] | None], fm
     """
     if fmax <= 0 or steps < 1:
         raise ValueError(f"fmax must be > 0 and steps ≥ 1 (got fmax={fmax}, steps={steps})")
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {optimizer!r}")
+    check_optimizer(optimizer)
     crystals = [s if s is None or isinstance(s, dict) else structure_to_dict(s) for s in structures]
     n = len(crystals)
     workers = worker_count(workers, n)
