@@ -2,7 +2,7 @@
 
 All paths run on the very same weights and batch in one process, interleaved: forward alone
 (no grad, as in sampling) and forward + backward of a loss-like scalar (as in training), after
-warm-up, median over repeats. The fp32 outputs are compared as well. Paths: the per-pair
+warm-up, median and minimum over repeats. The fp32 outputs are compared as well. Paths: the per-pair
 concatenation (``forward_reference``), the factorised edge-list form (``forward_edges``), the
 size-bucketed default (``forward``) and, on CPUs with native bf16 (AVX-512 BF16/AMX), the
 default under bf16 autocast.

@@ -56,6 +56,21 @@ def _shown(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
+def _work_records(work: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The finished work items, refusing a file made with another optimiser or another input
+    (its samples would not be the ones the report and the resumed run use)."""
+    records = [json.loads(line) for line in work.read_text().splitlines()] if work.exists() else []
+    for rec in records:
+        if rec.get("optimizer", "fire") != args.optimizer:
+            raise SystemExit(f"{work} was relaxed with {rec.get('optimizer', 'fire')}, not {args.optimizer}: "
+                             "pass the same --optimizer, or use another --out for another optimiser")
+        source = rec.get("input", _shown(INPUTS[rec["dataset"]]))
+        if rec["method"].startswith("diffcsp") and source != _shown(args.inputs[rec["dataset"]]):
+            raise SystemExit(f"{work} holds {rec['dataset']} work on {source}, not on "
+                             f"{_shown(args.inputs[rec['dataset']])}: pass the same --input, or use another --out")
+    return records
+
+
 def _result_to_json(r) -> dict[str, Any]:
     from diffcsp.predictions import structure_to_dict
 
@@ -141,18 +156,7 @@ def run(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work = out / "work.jsonl"
-    done = set()
-    if work.exists():
-        for line in work.read_text().splitlines():
-            rec = json.loads(line)
-            done.add((rec["method"], rec["dataset"], rec["index"]))
-            if rec.get("optimizer", "fire") != args.optimizer:
-                raise SystemExit(f"{work} was relaxed with {rec.get('optimizer', 'fire')}, not {args.optimizer}: "
-                                 "use another --out for another optimiser")
-            source = rec.get("input", _shown(INPUTS[rec["dataset"]]))
-            if rec["method"].startswith("diffcsp") and source != _shown(args.inputs[rec["dataset"]]):
-                raise SystemExit(f"{work} holds {rec['dataset']} work on {source}, not on "
-                                 f"{_shown(args.inputs[rec['dataset']])}: use another --out for another input")
+    done = {(rec["method"], rec["dataset"], rec["index"]) for rec in _work_records(work, args)}
     preds = {name: Predictions.load(path) for name, path in args.inputs.items()}
     methods = tuple(args.methods.split(",")) if args.methods else None
     datasets = tuple(args.datasets.split(","))
@@ -230,7 +234,7 @@ def report(args: argparse.Namespace) -> None:
     from diffcsp.relax import top1_by_energy
 
     out = Path(args.out)
-    records = [json.loads(line) for line in (out / "work.jsonl").read_text().splitlines()]
+    records = _work_records(out / "work.jsonl", args)
     sources = {name: Predictions.load(path) for name, path in args.inputs.items()}
     summary: dict[str, Any] = {}
     scatter: dict[str, list[tuple[float, float | None]]] = {}
@@ -373,7 +377,7 @@ def _markdown(summary: dict[str, Any], args: argparse.Namespace, records: list[d
              f"{records[0].get('optimizer', 'fire').upper()} + FrechetCellFilter, fmax = {records[0]['fmax']} eV/Å, at most {records[0]['max_steps']} steps",
              f"- **Samples**: the first k = {len(records[0]['samples'])} samples of the DiffCSP predictions in "
              + ", ".join(f"`{_shown(args.inputs[d])}`" for d in sorted({r['dataset'] for r in records}))
-             + " (bundled models, seed 0; see each file's meta for the sampler), first N test crystals in file order",
+             + " (see each file's meta for the model, sampler and seed), first N test crystals in file order",
              "- **Metric**: the project's evaluator (`diffcsp.metrics.evaluate_predictions`, default = official DiffCSP validity rule; StructureMatcher "
              "stol 0.5, ltol 0.3, angle_tol 10) on k = 1 files built by `diffcsp.relax.top1_by_energy`; "
              "match rate over all crystals, RMSE (in brackets) over matched ones", ""]
