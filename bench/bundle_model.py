@@ -16,6 +16,36 @@ from pathlib import Path
 
 from diffcsp.checkpoint import BUNDLED_DIR, export_model, load_model
 from diffcsp.fileio import write_text
+from diffcsp.predictions import Predictions
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _optimiser(config: dict) -> str:
+    """The training recipe in words, from the run's config (the card must not claim another one)."""
+    schedule = (f"ReduceLROnPlateau (factor {config['lr_factor']}, patience {config['lr_patience']}, min {config['min_lr']})"
+                if config.get("lr_schedule", "plateau") == "plateau" else "warm-up then cosine decay")
+    ema = f", EMA of the weights (decay {config['ema_decay']})" if config.get("ema_decay") else ""
+    precision = f", {config['precision']} autocast" if config.get("precision", "fp32") != "fp32" else ""
+    return f"Adam lr {config['lr']}, {schedule}, gradient clipping by value {config['grad_clip']}{ema}{precision}"
+
+
+def _command(config: dict, run: Path) -> str:
+    """The `diffcsp train` command that reproduces the run (flags only where they differ from the defaults)."""
+    cmd = f"diffcsp train --dataset {config['dataset']} --preset {config['preset']}"
+    cmd += " --task gen" if config.get("task") == "gen" else ""
+    for flag, key in (("--epochs", "epochs"), ("--batch-size", "batch_size"), ("--lr", "lr"), ("--lr-schedule", "lr_schedule"),
+                      ("--ema-decay", "ema_decay"), ("--precision", "precision")):
+        if config.get(key) not in (None, "plateau", "fp32", 0, 0.0):
+            cmd += f" {flag} {config[key]}"
+    return cmd + f" --out {run}"
+
+
+def _sampler(predictions: Path) -> tuple[str, int | None]:
+    """How a predictions file was sampled (from its header), and its crystal limit."""
+    meta = Predictions.load(predictions if predictions.is_absolute() else ROOT / predictions).meta
+    name = meta.get("sampler") or "paper"
+    return f"{name}, {meta['steps']} steps", meta.get("limit")
 
 
 def main() -> None:
@@ -24,6 +54,7 @@ def main() -> None:
     ap.add_argument("--name", required=True)
     ap.add_argument("--suited-for", required=True, help="one line: which compositions the model is for")
     ap.add_argument("--metrics", type=Path, action="append", default=[], help="JSON from `diffcsp evaluate --json` (repeatable)")
+    ap.add_argument("--notes", type=Path, help="Markdown appended to the card (comparison with the paper, how to use it)")
     args = ap.parse_args()
 
     run = args.run
@@ -48,25 +79,26 @@ def main() -> None:
         "available; the official test split was used for reporting only.",
         f"- Network: CSPNet, hidden {cfg.hidden}, {cfg.num_layers} layers, {cfg.num_freqs} Fourier frequencies, "
         f"time embedding {cfg.time_dim} (paper: 512 / 6 / 128 / 256). T = {cfg.timesteps}, σ from {cfg.sigma_begin} to {cfg.sigma_end}.",
-        f"- Optimiser: Adam lr {config['lr']}, ReduceLROnPlateau (factor {config['lr_factor']}, patience {config['lr_patience']}, "
-        f"min {config['min_lr']}), gradient clipping by value {config['grad_clip']}; batch {config['batch_size']}, "
-        f"{meta.get('epochs')} epochs, seed {config['seed']}.",
+        f"- Optimiser: {_optimiser(config)}; batch {config['batch_size']}, {meta.get('epochs')} epochs, seed {config['seed']}.",
         f"- Training time: {meta.get('train_seconds')} s of epoch time on a 2-core CPU (no GPU); best validation loss "
         f"{meta.get('best_val_loss'):.4f}.",
-        f"- Command: `diffcsp train --dataset {cfg.dataset} --preset {config['preset']}"
-        f"{' --task gen' if cfg.task == 'gen' else ''} --out {run}`", "",
+        f"- Command: `{_command(config, run)}`", "",
         "## Metrics (`diffcsp evaluate`; protocol: docs/method.md §Evaluation)", "",
     ]
     if metrics:
-        lines += ["| split | crystals | k | match rate (%) | RMSE | valid (%) |", "| --- | --- | --- | --- | --- | --- |"]
+        lines += ["| split | crystals | k | sampler | rule | match rate (%) | RMSE | valid (%) |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for m in metrics:
             k = m.get("k", 1)
             mr, rmse, valid = (m["match_rate"], m["rmse"], m["valid_rate"]) if k == 1 else (m["match_rate_k"], m["rmse_k"], m["valid_rate_k"])
-            lines.append(f"| {m['dataset']}/{m['split']} | {m['n']} | {k} | {100 * mr:.2f} | "
-                         f"{'–' if rmse is None else f'{rmse:.4f}'} | {100 * valid:.1f} |")
+            sampler, limit = _sampler(Path(m["predictions"]))
+            lines.append(f"| {m['dataset']}/{m['split']} | {'all' if limit is None else 'first'} {m['n']} | {k} | {sampler} | "
+                         f"{m.get('rule', 'structure')} | {100 * mr:.2f} | {'–' if rmse is None else f'{rmse:.4f}'} | {100 * valid:.1f} |")
         lines += ["", "See BENCHMARKS.md for the full protocol, commands and timings."]
     else:
         lines.append("Not evaluated yet.")
+    if args.notes:
+        lines += ["", args.notes.read_text().strip()]
     write_text(out / "MODEL_CARD.md", "\n".join(lines) + "\n")
     size = sum(p.stat().st_size for p in out.iterdir()) / 2**20
     print(f"bundled {run} as {out} ({size:.1f} MB)")
