@@ -1,11 +1,16 @@
 #!/usr/bin/env python
 """Copy a trained run's exported model into the package as a bundled model, with a model card.
 
-    python bench/bundle_model.py runs/perov_5_cpu --name perov_5_cpu \
-        --metrics bench/results/perov_5/k1.metrics.json --suited-for "ABX3 perovskites, 5 atoms per cell"
+    python bench/bundle_model.py runs/perov_5_cpu_fast600 --name perov_5_cpu \
+        --suited-for "ABX3 perovskites, 5 atoms per cell" \
+        --metrics bench/results/perov_5/k1_all_paper_fast600.metrics.json \
+        --metrics bench/results/perov_5/k1_all_fast_fast600.metrics.json \
+        --metrics bench/results/perov_5/k20_first200_fast_fast600.metrics.json \
+        --notes bench/model_notes/perov_5_cpu.md
 
 The weights are re-exported from ``RUN/model`` (safetensors + config.json); the card records the
-data protocol, settings, training time and the metrics file produced by `diffcsp evaluate`.
+data protocol, the training recipe as the run's config has it, training time, one row per metrics
+file of `diffcsp evaluate` (with the sampler read from its predictions file) and the notes.
 """
 
 from __future__ import annotations
