@@ -65,6 +65,7 @@ def main() -> None:
     if args.workers:
         evaluate += ["--workers", str(args.workers)]
     t_eval = run(evaluate, log)
+    run([sys.executable, str(Path(__file__).parent / "gen_distributions.py"), str(generated), "--out", str(out / "distributions.png")], log)
 
     m = json.loads((out / "metrics.json").read_text())
     protocol = json.loads((run_dir / "protocol.json").read_text())
@@ -88,6 +89,7 @@ def main() -> None:
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
         f"| {100 * m['struct_valid']:.2f} | {100 * m['comp_valid']:.2f} | {100 * m['valid']:.2f} | {100 * m['cov_recall']:.2f} | "
         f"{100 * m['cov_precision']:.2f} | {m['wdist_density']:.4f} | {m['wdist_num_elems']:.4f} | {m['comp_scaler']} |", "",
+        "![generated vs reference distributions](distributions.png)", "",
         "## Commands", "", "```"] + [f"{e['command']}    # {e['seconds']} s{' (earlier run, reused)' if e.get('reused') else ''}" for e in log] + ["```", ""]
     write_text(out / f"report-{today}.md", "\n".join(lines))
     print(f"report written to {out / f'report-{today}.md'}")
