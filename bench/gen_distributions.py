@@ -19,14 +19,14 @@ import numpy as np
 from pymatgen.core import Structure
 
 from diffcsp.data import load_split
-from diffcsp.gen_metrics import structural_validity
+from diffcsp.gen_metrics import num_elements, structural_validity
 from diffcsp.predictions import Predictions, dict_to_structure
 
 
 def properties(structures: list[Structure]) -> dict[str, np.ndarray]:
     """The per-crystal quantities plotted (lattice lengths pooled over a, b and c)."""
     return {
-        "elements": np.array([len(s.composition.elements) for s in structures]),
+        "elements": np.array([num_elements(s) for s in structures]),
         "density": np.array([s.density for s in structures]),
         "atoms": np.array([len(s) for s in structures]),
         "lengths": np.concatenate([s.lattice.abc for s in structures]) if structures else np.array([]),

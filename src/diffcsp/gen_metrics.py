@@ -419,7 +419,8 @@ def coverage(
     return cov_recall, cov_precision
 
 
-def _num_elements(structure: Structure) -> int:
+def num_elements(structure: Structure) -> int:
+    """Distinct elements in a cell (oxidation states ignored), the quantity of W(#elements)."""
     return len(structure.composition.element_composition.elements)
 
 
@@ -434,7 +435,7 @@ def wasserstein_num_elements(gen: Sequence[Structure], ref: Sequence[Structure])
     """Wasserstein-1 distance between distributions of the number of distinct elements."""
     if not gen or not ref:
         return float("nan")
-    return float(wasserstein_distance([_num_elements(s) for s in gen], [_num_elements(s) for s in ref]))
+    return float(wasserstein_distance([num_elements(s) for s in gen], [num_elements(s) for s in ref]))
 
 
 # --------------------------------------------------------------------------------------------
