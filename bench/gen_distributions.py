@@ -1,10 +1,15 @@
 #!/usr/bin/env python
 """Distributions of generated crystals against the reference split, in one PNG.
 
-Four panels: distinct elements per cell (the W(#elements) metric), density (W(density)), atoms
-per cell, and the three lattice lengths pooled. The Wasserstein numbers say *how far* two
-distributions are; the picture says *where* they differ (too many one-element cells, a density
-shoulder, cells that are too long).
+Five panels: distinct elements per cell (the W(#elements) metric), density (W(density)), atoms
+per cell, the three lattice lengths pooled, and every atom's nearest-neighbour distance. The
+Wasserstein numbers say *how far* two distributions are; the picture says *where* they differ
+(too many one-element cells, a density shoulder, cells that are too long, bonds that are smeared
+where the reference has sharp bond lengths).
+
+Given a CSP predictions file (`diffcsp sample`) instead, it plots each crystal's first sample
+against the ground truths of the same file: how realistic the predicted structures are, whether
+or not they match.
 
     python bench/gen_distributions.py bench/results/perov_5_gen-fast2000/generated/generated.json.gz \\
         --out bench/results/perov_5_gen-fast2000/distributions.png
@@ -23,17 +28,32 @@ from diffcsp.gen_metrics import num_elements, structural_validity
 from diffcsp.predictions import Predictions, dict_to_structure
 
 
+def nearest_neighbour_distances(structure: Structure) -> np.ndarray:
+    """Each atom's distance to its nearest neighbour (Å), periodic images included.
+
+    The minimum image over the 27 neighbouring cells (pymatgen's ``distance_matrix``) and the
+    atom's own images one lattice step away; exact for the reduced cells of our datasets.
+    """
+    frac_steps = np.array([(i, j, k) for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1) if (i, j, k) != (0, 0, 0)])
+    self_image = float(np.linalg.norm(frac_steps @ structure.lattice.matrix, axis=1).min())
+    dm = structure.distance_matrix + np.diag(np.full(len(structure), np.inf))
+    return np.minimum(dm.min(axis=1), self_image)
+
+
 def properties(structures: list[Structure]) -> dict[str, np.ndarray]:
-    """The per-crystal quantities plotted (lattice lengths pooled over a, b and c)."""
+    """The quantities plotted: per crystal, and per atom for "nn" (lattice lengths pooled over a, b, c)."""
+    empty = np.array([])
     return {
         "elements": np.array([num_elements(s) for s in structures]),
         "density": np.array([s.density for s in structures]),
         "atoms": np.array([len(s) for s in structures]),
-        "lengths": np.concatenate([s.lattice.abc for s in structures]) if structures else np.array([]),
+        "lengths": np.concatenate([s.lattice.abc for s in structures]) if structures else empty,
+        "nn": np.concatenate([nearest_neighbour_distances(s) for s in structures]) if structures else empty,
     }
 
 
-def plot(gen: dict[str, np.ndarray], ref: dict[str, np.ndarray], title: str, out: Path) -> None:
+def plot(gen: dict[str, np.ndarray], ref: dict[str, np.ndarray], title: str, out: Path,
+         gen_label: str = "generated", ref_label: str = "reference") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -41,9 +61,10 @@ def plot(gen: dict[str, np.ndarray], ref: dict[str, np.ndarray], title: str, out
 
     from diffcsp.fileio import atomic_write
 
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    fig, axes = plt.subplots(1, 5, figsize=(20, 3.6))
     panels = (("elements", "distinct elements per cell", True), ("density", "density (g/cm³)", False),
-              ("atoms", "atoms per cell", True), ("lengths", "lattice lengths a, b, c (Å)", False))
+              ("atoms", "atoms per cell", True), ("lengths", "lattice lengths a, b, c (Å)", False),
+              ("nn", "nearest-neighbour distance per atom (Å)", False))
     for ax, (key, label, discrete) in zip(axes, panels):
         both = np.concatenate([gen[key], ref[key]])
         if discrete:
@@ -51,9 +72,11 @@ def plot(gen: dict[str, np.ndarray], ref: dict[str, np.ndarray], title: str, out
         else:  # the reference's range, widened a little; generated outliers are counted in the end bins
             lo, hi = np.percentile(ref[key], [0.5, 99.5])
             pad = 0.15 * (hi - lo)
-            bins = np.linspace(lo - pad, hi + pad, 41)
-        for values, name, style in ((ref[key], f"reference ({len(ref['atoms'])})", dict(color="0.55")),
-                                    (gen[key], f"generated ({len(gen['atoms'])})", dict(color="tab:red", histtype="step", lw=1.8))):
+            # bond lengths of a real crystal sit in narrow peaks: show ±25 % around them
+            lo, hi = (0.75 * lo, 1.25 * hi) if key == "nn" else (lo - pad, hi + pad)
+            bins = np.linspace(lo, hi, 41 if key != "nn" else 61)
+        for values, name, style in ((ref[key], f"{ref_label} ({len(ref['atoms'])})", dict(color="0.55")),
+                                    (gen[key], f"{gen_label} ({len(gen['atoms'])})", dict(color="tab:red", histtype="step", lw=1.8))):
             ax.hist(np.clip(values, bins[0], bins[-1]), bins=bins, density=True, label=name, **style)
         ax.set_xlabel(label)
     axes[0].set_ylabel("fraction")
@@ -65,20 +88,30 @@ def plot(gen: dict[str, np.ndarray], ref: dict[str, np.ndarray], title: str, out
     plt.close(fig)
 
 
+def compared_sets(preds: Predictions, data_dir: Path | None = None):
+    """(structures, reference, legend labels, what, against what) for a generation or CSP file."""
+    if preds.task == "csp":
+        structures = [dict_to_structure(c["samples"][0]) for c in preds.crystals if c["samples"]]
+        reference = [dict_to_structure(c["ground_truth"]) for c in preds.crystals]
+        return structures, reference, ("first samples", "ground truths"), "CSP first samples", \
+            f"their ground truths ({preds.split} split)"
+    structures = [dict_to_structure(d) for d in preds.generated]
+    reference = load_split(preds.dataset, preds.split, data_dir).structures()
+    return structures, reference, ("generated", "reference"), "generated crystals", f"the {preds.split} split"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("generated", type=Path, help="generated.json.gz from `diffcsp generate`")
+    ap.add_argument("generated", type=Path, help="generated.json.gz from `diffcsp generate`, or CSP predictions from `diffcsp sample`")
     ap.add_argument("--out", type=Path, required=True, help="PNG to write")
     ap.add_argument("--data-dir", type=Path)
     args = ap.parse_args()
 
     preds = Predictions.load(args.generated)
-    structures = [dict_to_structure(d) for d in preds.generated]
+    structures, reference, labels, what, where = compared_sets(preds, args.data_dir)
     valid = [s for s in structures if structural_validity(s)]
-    reference = load_split(preds.dataset, preds.split, args.data_dir).structures()
-    title = (f"{preds.dataset}: {len(valid)} structurally valid of {len(structures)} generated crystals "
-             f"against the {preds.split} split")
-    plot(properties(valid), properties(reference), title, args.out)
+    title = f"{preds.dataset}: {len(valid)} structurally valid of {len(structures)} {what} against {where}"
+    plot(properties(valid), properties(reference), title, args.out, *labels)
     print(f"wrote {args.out}")
 
 
