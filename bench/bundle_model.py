@@ -22,6 +22,7 @@ from pathlib import Path
 from diffcsp.checkpoint import BUNDLED_DIR, export_model, load_model
 from diffcsp.fileio import write_text
 from diffcsp.predictions import Predictions
+from diffcsp.training import CPU_MODEL, PAPER_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,6 +44,10 @@ def _command(config: dict, run: Path) -> str:
                       ("--ema-decay", "ema_decay"), ("--precision", "precision")):
         if config.get(key) not in (None, "plateau", "fp32", 0, 0.0):
             cmd += f" {flag} {config[key]}"
+    preset_model = CPU_MODEL if config["preset"] == "cpu" else PAPER_MODEL
+    for flag, key in (("--hidden", "hidden"), ("--num-layers", "num_layers"), ("--num-freqs", "num_freqs")):
+        if config["model"].get(key, preset_model[key]) != preset_model[key]:
+            cmd += f" {flag} {config['model'][key]}"
     return cmd + f" --out {run}"
 
 
