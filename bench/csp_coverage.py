@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 from diffcsp.fileio import write_json
-from diffcsp.gen_metrics import evaluate_generation
+from diffcsp.gen_metrics import evaluate_generation, reference_cache_path
 from diffcsp.predictions import Predictions, dict_to_structure
-from diffcsp.registry import default_cache_dir, get_dataset
+from diffcsp.registry import get_dataset
 
 
 def main() -> None:
@@ -39,7 +39,7 @@ def main() -> None:
     reference = [dict_to_structure(c["ground_truth"]) for c in preds.crystals]
     samples = [dict_to_structure(c["samples"][0]) for c in preds.crystals[: args.limit] if c["samples"]]
     start = time.perf_counter()
-    cache = default_cache_dir() / "fingerprints" / f"{preds.dataset}-{preds.split}-{len(reference)}.npz"
+    cache = reference_cache_path(preds.dataset, preds.split, len(reference))
     metrics = evaluate_generation(samples, reference, *get_dataset(preds.dataset).coverage_cutoffs,
                                   workers=args.workers, cache_path=cache)
     metrics.update(predictions=str(args.predictions), samples="first sample of each of the first "

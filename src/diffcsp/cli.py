@@ -475,10 +475,10 @@ def evaluate_cmd(
                 plot_match_curve(summary["match_rate_curve"], plot, f"{preds.dataset}/{preds.split} (n={summary['n']})")
         else:
             from diffcsp.data import load_split
-            from diffcsp.gen_metrics import COMP_SCALERS, evaluate_generation
+            from diffcsp.gen_metrics import COMP_SCALERS, evaluate_generation, reference_cache_path
             from diffcsp.metrics import RULE_DESCRIPTIONS, check_rule
             from diffcsp.predictions import dict_to_structure
-            from diffcsp.registry import default_cache_dir, get_dataset
+            from diffcsp.registry import get_dataset
 
             if rule != "official":
                 raise ValueError("--rule applies to CSP files; generation validity is always the official rule "
@@ -495,7 +495,7 @@ def evaluate_cmd(
                 import numpy as np
 
                 reference = reference.subset(np.arange(min(reference_limit, len(reference))))
-            cache = default_cache_dir() / "fingerprints" / f"{preds.dataset}-{preds.split}-{len(reference)}.npz"
+            cache = reference_cache_path(preds.dataset, preds.split, len(reference))
             summary = evaluate_generation([dict_to_structure(d) for d in preds.generated], reference.structures(),
                                           *info.coverage_cutoffs, workers=workers, cache_path=cache,
                                           comp_scaler=comp_scaler)

@@ -47,6 +47,7 @@ __all__ = [
     "compute_fingerprints",
     "coverage",
     "evaluate_generation",
+    "reference_cache_path",
     "reference_fingerprints",
     "smact_validity",
     "structural_validity",
@@ -283,6 +284,14 @@ def _stack(fps: Sequence[Fingerprint]) -> tuple[np.ndarray, np.ndarray]:
 
 def _unstack(arr: np.ndarray, ok: np.ndarray) -> list[Fingerprint]:
     return [arr[i].copy() if ok[i] else None for i in range(len(ok))]
+
+
+def reference_cache_path(dataset: str, split: str, n: int) -> Path:
+    """Where the fingerprints of the first ``n`` crystals of a reference split are cached (the
+    file's content hash still decides whether a cache is reused, see :func:`reference_fingerprints`)."""
+    from diffcsp.registry import default_cache_dir
+
+    return default_cache_dir() / "fingerprints" / f"{dataset}-{split}-{n}.npz"
 
 
 def reference_fingerprints(
