@@ -43,7 +43,7 @@ def main() -> None:
     from diffcsp.metrics import evaluate_predictions
     from diffcsp.predict import predict_split
     from diffcsp.predictions import Predictions, arrays_to_dict, dict_to_structure
-    from diffcsp.sampler import _sample_chunk, time_schedule
+    from diffcsp.sampler import SampleResult, _sample_chunk, time_schedule
 
     torch.set_num_threads(1)
     model = load_model(args.model)
@@ -52,13 +52,16 @@ def main() -> None:
     lo, hi = (float(x) for x in args.bond_window.split(","))
     base = predict_split(model, table, 1, sampler=args.sampler, seed=0, progress=False)
 
+    def bonds_in_window(structure_dicts) -> float:
+        nn = np.concatenate([nearest_neighbour_distances(dict_to_structure(d)) for d in structure_dicts])
+        return float(((nn > lo) & (nn < hi)).mean())
+
     def score(preds: Predictions) -> dict:
         m = evaluate_predictions(preds, workers=1, progress=False).summary()
-        nn = np.concatenate([nearest_neighbour_distances(dict_to_structure(c["samples"][0])) for c in preds.crystals])
-        return {"match_rate": m["match_rate"], "rmse": m["rmse"], "bonds_in_window": float(((nn > lo) & (nn < hi)).mean())}
+        return {"match_rate": m["match_rate"], "rmse": m["rmse"],
+                "bonds_in_window": bonds_in_window(c["samples"][0] for c in preds.crystals)}
 
-    truths = np.concatenate([nearest_neighbour_distances(dict_to_structure(c["ground_truth"])) for c in base.crystals])
-    rows = [{"t_star": None, "what": "ground truths", "bonds_in_window": float(((truths > lo) & (truths < hi)).mean())},
+    rows = [{"t_star": None, "what": "ground truths", "bonds_in_window": bonds_in_window(c["ground_truth"] for c in base.crystals)},
             {"t_star": 0, "what": "samples as drawn", **score(base)}]
     print(json.dumps(rows[0]), json.dumps(rows[1]), sep="\n", flush=True)
     samples = [dict_to_structure(c["samples"][0]) for c in base.crystals]
@@ -66,17 +69,15 @@ def main() -> None:
     types = torch.tensor([z for s in samples for z in s.atomic_numbers])
     lattice0 = torch.tensor(np.stack([s.lattice.matrix for s in samples]), dtype=torch.float32)
     frac0 = torch.tensor(np.concatenate([s.frac_coords for s in samples]), dtype=torch.float32)
-    offsets = np.concatenate([[0], np.cumsum(num_atoms.numpy())])
     for t_star in (int(x) for x in args.tstar.split(",") if x):
         times = sorted({t for t in time_schedule(model.config.timesteps, args.steps) if t <= t_star} | {t_star}, reverse=True)
         with torch.no_grad():
             _, frac, lattice = _sample_chunk(model, num_atoms, types, 0.0, times, torch.Generator().manual_seed(1),
                                              method="ddim", lattice_init=lattice0, frac_init=frac0)
-        frac, lattice = frac.double().numpy() % 1.0, lattice.double().numpy()
+        result = SampleResult(numbers=types.numpy(), frac_coords=frac.double().numpy() % 1.0,
+                              lattices=lattice.double().numpy(), num_atoms=num_atoms.numpy())
         redone = Predictions(task="csp", dataset=base.dataset, split=base.split, num_samples=1, meta=base.meta,
-                             crystals=[{**c, "samples": [arrays_to_dict(types.numpy()[offsets[i]:offsets[i + 1]], lattice[i],
-                                                                          frac[offsets[i]:offsets[i + 1]])]}
-                                       for i, c in enumerate(base.crystals)])
+                             crystals=[{**c, "samples": [arrays_to_dict(*result.crystal(i))]} for i, c in enumerate(base.crystals)])
         rows.append({"t_star": t_star, "what": f"re-denoised from t* = {t_star}", "steps": len(times), **score(redone)})
         print(json.dumps(rows[-1]), flush=True)
     if args.json:
