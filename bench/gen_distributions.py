@@ -18,6 +18,7 @@ or not they match.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -105,14 +106,21 @@ def main() -> None:
     ap.add_argument("generated", type=Path, help="generated.json.gz from `diffcsp generate`, or CSP predictions from `diffcsp sample`")
     ap.add_argument("--out", type=Path, required=True, help="PNG to write")
     ap.add_argument("--data-dir", type=Path)
+    ap.add_argument("--bond-window", help="LO,HI in Å: also print the share of nearest-neighbour distances inside "
+                    "(e.g. 1.38,1.58 for Carbon-24's sp²/sp³ C–C bonds)")
     args = ap.parse_args()
 
     preds = Predictions.load(args.generated)
     structures, reference, labels, what, where = compared_sets(preds, args.data_dir)
     valid = [s for s in structures if structural_validity(s)]
     title = f"{preds.dataset}: {len(valid)} structurally valid of {len(structures)} {what} against {where}"
-    plot(properties(valid), properties(reference), title, args.out, *labels)
+    gen, ref = properties(valid), properties(reference)
+    plot(gen, ref, title, args.out, *labels)
     print(f"wrote {args.out}")
+    if args.bond_window:
+        lo, hi = (float(x) for x in args.bond_window.split(","))
+        share = {name: float(((p["nn"] > lo) & (p["nn"] < hi)).mean()) for name, p in zip(labels, (gen, ref))}
+        print(json.dumps({"bond_window": [lo, hi], "share_of_atoms": share}))
 
 
 if __name__ == "__main__":

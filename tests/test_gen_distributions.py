@@ -57,6 +57,12 @@ def test_script_plots_csp_samples_against_their_ground_truths(tmp_path: Path):
     assert [round(x.volume / rocksalt.volume, 6) for x in structures] == [0.9, 0.9]
     assert [x.volume for x in reference] == [rocksalt.volume] * 2 and labels == ("first samples", "ground truths")
     out = tmp_path / "csp.png"
-    run = subprocess.run([sys.executable, str(SCRIPT), str(path), "--out", str(out)], capture_output=True, text=True)
+    # rock salt's nearest neighbour is a/2 = 2.82 Å; the squeezed copy's 2.82·0.9^⅓ = 2.723 Å
+    run = subprocess.run([sys.executable, str(SCRIPT), str(path), "--out", str(out), "--bond-window", "2.75,2.90"],
+                         capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import json
+
+    share = json.loads(run.stdout.strip().splitlines()[-1])["share_of_atoms"]
+    assert share == {"first samples": 0.0, "ground truths": 1.0}
