@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gen_distributions import nearest_neighbour_distances  # noqa: E402
+from gen_distributions import nearest_neighbour_distances, parse_window, share_in_window  # noqa: E402
 
 
 def main() -> None:
@@ -49,12 +49,11 @@ def main() -> None:
     model = load_model(args.model)
     table = load_split(args.dataset, "test")
     table = table.subset(np.arange(min(args.limit, len(table))))
-    lo, hi = (float(x) for x in args.bond_window.split(","))
+    window = parse_window(args.bond_window)
     base = predict_split(model, table, 1, sampler=args.sampler, seed=0, progress=False)
 
     def bonds_in_window(structure_dicts) -> float:
-        nn = np.concatenate([nearest_neighbour_distances(dict_to_structure(d)) for d in structure_dicts])
-        return float(((nn > lo) & (nn < hi)).mean())
+        return share_in_window(np.concatenate([nearest_neighbour_distances(dict_to_structure(d)) for d in structure_dicts]), window)
 
     def score(preds: Predictions) -> dict:
         m = evaluate_predictions(preds, workers=1, progress=False).summary()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +63,5 @@ def test_script_plots_csp_samples_against_their_ground_truths(tmp_path: Path):
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    import json
-
     share = json.loads(run.stdout.strip().splitlines()[-1])["share_of_atoms"]
     assert share == {"first samples": 0.0, "ground truths": 1.0}
