@@ -53,3 +53,56 @@ def test_default_workers_follow_the_affinity_mask():
         assert worker_count(None, 100) == 1
     finally:
         os.sched_setaffinity(0, before)
+
+
+def _blas_pools(info: list[dict]) -> list[dict]:
+    pools = [p for p in info if p["user_api"] == "blas"]
+    # numpy's and scipy's OpenBLAS builds: without them the checks below would prove nothing
+    assert any("scipy" in p["filepath"] for p in pools), info
+    return pools
+
+
+def test_limit_blas_threads_caps_then_restores():
+    """OpenBLAS's idle threads busy-wait between calls; the relax and match loops make thousands
+    of tiny calls, so an unlimited pool keeps a second core busy (measured: ~60 % of one)."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from diffcsp.parallel import limit_blas_threads
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        outer = {p["filepath"]: p["num_threads"] for p in _blas_pools(threadpool_info())}
+        with limit_blas_threads():
+            assert all(p["num_threads"] == 1 for p in _blas_pools(threadpool_info()))
+        assert {p["filepath"]: p["num_threads"] for p in _blas_pools(threadpool_info())} == outer
+
+
+def test_every_pool_worker_runs_one_blas_thread():
+    """Both ways this package starts workers (run_in_pool and the CSV parser's Pool) limit BLAS,
+    including scipy's, which the worker's own initializer or task would load after the limit."""
+    from threadpoolctl import threadpool_info
+    from tqdm import tqdm
+
+    from diffcsp.parallel import run_in_pool, worker_initializer
+
+    with tqdm(total=1, disable=True) as bar:
+        (info,) = run_in_pool(threadpool_info, [()], 1, bar)
+    assert all(p["num_threads"] == 1 for p in _blas_pools(info))
+    with mp_context().Pool(1, initializer=worker_initializer()) as pool:
+        info = pool.apply(threadpool_info)
+    assert all(p["num_threads"] == 1 for p in _blas_pools(info))
+
+
+def test_inline_matching_runs_one_blas_thread(monkeypatch):
+    """With one worker the matcher runs in the caller's process: inside the limit, and the
+    caller's own limits come back afterwards."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from diffcsp import metrics
+
+    seen: list[list[dict]] = []
+    monkeypatch.setattr(metrics, "_evaluate_crystal", lambda *a: seen.append(threadpool_info()))
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = [p["num_threads"] for p in _blas_pools(threadpool_info())]
+        metrics.evaluate_csp([("a", "X", {}, [])], workers=1, progress=False)
+        assert [p["num_threads"] for p in _blas_pools(threadpool_info())] == before
+    assert len(seen) == 1 and all(p["num_threads"] == 1 for p in _blas_pools(seen[0]))

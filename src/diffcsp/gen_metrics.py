@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from diffcsp.cdvae_constants import COMP_SCALER_MEANS, COMP_SCALER_STDS
 from diffcsp.fileio import atomic_write
 from diffcsp.metrics import is_structurally_valid
-from diffcsp.parallel import run_in_pool, worker_count
+from diffcsp.parallel import limit_blas_threads, run_in_pool, worker_count
 
 __all__ = [
     "COMP_SCALERS",
@@ -224,9 +224,10 @@ def _parallel_map(
     with tqdm(total=n, desc=desc, disable=not progress, unit="crystal") as bar:
         if workers <= 1 or n <= 1:
             out = []
-            for item in items:
-                out.append(fn(item))
-                bar.update()
+            with limit_blas_threads():
+                for item in items:
+                    out.append(fn(item))
+                    bar.update()
             return out
         preload = ["diffcsp.metrics", "diffcsp.gen_metrics", "matminer.featurizers.site.fingerprint",
                    "matminer.featurizers.composition.composite"]

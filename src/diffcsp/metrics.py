@@ -54,7 +54,7 @@ from tqdm.auto import tqdm
 
 from diffcsp.errors import DependencyError
 from diffcsp.fileio import atomic_write
-from diffcsp.parallel import run_in_pool, worker_count
+from diffcsp.parallel import limit_blas_threads, run_in_pool, worker_count
 from diffcsp.predictions import Predictions, dict_to_structure, structure_to_dict
 
 #: A structure as the evaluator accepts it: a pymatgen Structure or a predictions-file dict.
@@ -485,15 +485,9 @@ def _evaluate_crystal(
 
 
 def _worker_init() -> None:
-    # Workers must not inherit a SIGINT handler that fights the parent's KeyboardInterrupt handling,
-    # and need no more than one BLAS thread each (the matcher's arrays are tiny).
+    # Workers must not inherit a SIGINT handler that fights the parent's KeyboardInterrupt handling
+    # (one BLAS thread each is run_in_pool's job).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(1)
-    except Exception:
-        pass
 
 
 def _preload(rule: str) -> list[str]:
@@ -524,11 +518,12 @@ def evaluate_csp(
     try:
         if workers == 1 and _can_use_alarm():
             # Same dict encoding as the pool path, so results do not depend on the worker count.
-            for i, (cid, formula, gt, samples) in enumerate(pairs):
-                results[i] = _evaluate_crystal(
-                    cid, formula, _to_dict(gt), [_to_dict(s) for s in samples], timeout, rule
-                )
-                bar.update(1)
+            with limit_blas_threads():
+                for i, (cid, formula, gt, samples) in enumerate(pairs):
+                    results[i] = _evaluate_crystal(
+                        cid, formula, _to_dict(gt), [_to_dict(s) for s in samples], timeout, rule
+                    )
+                    bar.update(1)
         else:
             # (workers == 1 lands here off the main thread: a thread cannot install SIGALRM
             # handlers, a worker process's main thread can.)

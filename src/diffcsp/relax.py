@@ -34,7 +34,7 @@ from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Structure
 from tqdm.auto import tqdm
 
-from diffcsp.parallel import run_in_pool, worker_count
+from diffcsp.parallel import limit_blas_threads, run_in_pool, worker_count
 from diffcsp.predictions import Predictions, dict_to_structure, structure_to_dict
 
 #: Statuses of a relaxation. Only ``converged`` and ``unconverged`` (ran out of steps, but the
@@ -244,14 +244,13 @@ def _to_result(d: dict[str, Any]) -> RelaxResult:
 
 
 def _worker_init() -> None:
-    """One torch thread per worker (many small graphs: processes scale, threads do not); load once."""
+    """One torch thread per worker (many small graphs: processes scale, threads do not); load once.
+
+    (BLAS is already at one thread: :func:`diffcsp.parallel.run_in_pool` sees to every worker.)
+    """
     import torch
 
     torch.set_num_threads(1)
-    with contextlib.suppress(Exception):
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(1)
     load_potential()
 
 
@@ -276,9 +275,10 @@ def relax_structures(structures: Sequence[Structure | dict[str, Any] | None], fm
     try:
         if workers == 1:
             load_potential()
-            for i, crystal in enumerate(crystals):
-                raw[i] = relax_one(crystal, fmax, steps, i, symprec, pressure, optimizer)
-                bar.update(1)
+            with limit_blas_threads():
+                for i, crystal in enumerate(crystals):
+                    raw[i] = relax_one(crystal, fmax, steps, i, symprec, pressure, optimizer)
+                    bar.update(1)
         else:
             def worker_failed(i: int, exc: BaseException) -> dict[str, Any]:  # e.g. out of memory
                 return {"index": i, "status": FAILED, "crystal": None, "initial": crystals[i],
