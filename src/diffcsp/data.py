@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from diffcsp.errors import DataError
 from diffcsp.fileio import atomic_write, write_json
 from diffcsp.lattice import lattice_from_params
-from diffcsp.parallel import limit_blas_threads, mp_context, worker_count, worker_initializer
+from diffcsp.parallel import mp_context, run_inline, worker_count, worker_initializer
 from diffcsp.registry import DatasetInfo, default_cache_dir, get_dataset, split_path
 
 #: Bump whenever the record construction changes; it invalidates every cache.
@@ -245,8 +245,8 @@ def parse_csv(path: Path, info: DatasetInfo, workers: int | None = None, progres
         with mp_context(["diffcsp.data"]).Pool(workers, initializer=worker_initializer()) as pool:
             results = list(tqdm(pool.imap(_parse_row, jobs, chunksize=32), **bar))
     else:
-        with limit_blas_threads():
-            results = [_parse_row(job) for job in tqdm(jobs, **bar)]
+        with tqdm(**bar) as inline_bar:
+            results = run_inline(_parse_row, [(job,) for job in jobs], inline_bar)
     records, skipped = [], {}
     for row_id, record, reason, message in results:
         if record is None:

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from diffcsp.cdvae_constants import COMP_SCALER_MEANS, COMP_SCALER_STDS
 from diffcsp.fileio import atomic_write
 from diffcsp.metrics import is_structurally_valid
-from diffcsp.parallel import limit_blas_threads, run_in_pool, worker_count
+from diffcsp.parallel import run_in_pool, run_inline, worker_count
 
 __all__ = [
     "COMP_SCALERS",
@@ -221,17 +221,13 @@ def _parallel_map(
     """
     n = len(items)
     workers = worker_count(workers, n)
+    tasks = [(item,) for item in items]
     with tqdm(total=n, desc=desc, disable=not progress, unit="crystal") as bar:
         if workers <= 1 or n <= 1:
-            out = []
-            with limit_blas_threads():
-                for item in items:
-                    out.append(fn(item))
-                    bar.update()
-            return out
+            return run_inline(fn, tasks, bar)
         preload = ["diffcsp.metrics", "diffcsp.gen_metrics", "matminer.featurizers.site.fingerprint",
                    "matminer.featurizers.composition.composite"]
-        return run_in_pool(fn, [(item,) for item in items], workers, bar, preload=preload)
+        return run_in_pool(fn, tasks, workers, bar, preload=preload)
 
 
 def compute_fingerprints(

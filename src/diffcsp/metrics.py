@@ -54,7 +54,7 @@ from tqdm.auto import tqdm
 
 from diffcsp.errors import DependencyError
 from diffcsp.fileio import atomic_write
-from diffcsp.parallel import limit_blas_threads, run_in_pool, worker_count
+from diffcsp.parallel import run_in_pool, run_inline, worker_count
 from diffcsp.predictions import Predictions, dict_to_structure, structure_to_dict
 
 #: A structure as the evaluator accepts it: a pymatgen Structure or a predictions-file dict.
@@ -513,25 +513,17 @@ def evaluate_csp(
     check_rule(rule)
     n = len(pairs)
     workers = worker_count(workers, n)
-    results: list[CrystalResult | None] = [None] * n
+    # One dict encoding for both paths, so results do not depend on the worker count.
+    tasks = [(cid, formula, _to_dict(gt), [_to_dict(s) for s in samples], timeout, rule) for cid, formula, gt, samples in pairs]
+    results: list[CrystalResult | None]
     bar = tqdm(total=n, desc="matching", unit="crystal", disable=not progress)
     try:
         if workers == 1 and _can_use_alarm():
-            # Same dict encoding as the pool path, so results do not depend on the worker count.
-            with limit_blas_threads():
-                for i, (cid, formula, gt, samples) in enumerate(pairs):
-                    results[i] = _evaluate_crystal(
-                        cid, formula, _to_dict(gt), [_to_dict(s) for s in samples], timeout, rule
-                    )
-                    bar.update(1)
+            results = run_inline(_evaluate_crystal, tasks, bar)
         else:
             # (workers == 1 lands here off the main thread: a thread cannot install SIGALRM
             # handlers, a worker process's main thread can.)
-            results = run_in_pool(
-                _evaluate_crystal,
-                [(cid, formula, _to_dict(gt), [_to_dict(s) for s in samples], timeout, rule) for cid, formula, gt, samples in pairs],
-                workers, bar, initializer=_worker_init, preload=_preload(rule),
-            )
+            results = run_in_pool(_evaluate_crystal, tasks, workers, bar, initializer=_worker_init, preload=_preload(rule))
     finally:
         bar.close()
     return CSPReport(rows=[r for r in results if r is not None], rule=rule)

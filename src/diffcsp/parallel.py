@@ -6,8 +6,8 @@ process with its locks in whatever state they were, which can hang a worker fore
 pool uses ``forkserver`` (workers forked from a small, single-threaded server process that
 imported only what it was told to preload) where the platform has it, and ``spawn`` elsewhere.
 
-Every worker, and every loop that runs the same work inline, keeps numpy/scipy's BLAS to one
-thread (:func:`limit_blas_threads`): the work is thousands of tiny matrix operations, and an
+Every worker (:func:`run_in_pool`), and the same work run in-process (:func:`run_inline`), keeps
+numpy/scipy's BLAS to one thread (:func:`limit_blas_threads`): the work is thousands of tiny matrix operations, and an
 OpenBLAS pool left at its default busy-waits between them.
 """
 
@@ -87,6 +87,17 @@ def mp_context(preload: Sequence[str] = ()) -> BaseContext:
             ctx.set_forkserver_preload(list(preload))
         return ctx
     return multiprocessing.get_context("spawn")
+
+
+def run_inline(fn: Callable[..., Any], tasks: Sequence[tuple], bar: Any) -> list[Any]:
+    """``[fn(*task) for task in tasks]`` in this process, under :func:`limit_blas_threads`: the
+    one-worker counterpart of :func:`run_in_pool`, so both paths run the same BLAS setting."""
+    results = []
+    with limit_blas_threads():
+        for task in tasks:
+            results.append(fn(*task))
+            bar.update(1)
+    return results
 
 
 def run_in_pool(fn: Callable[..., Any], tasks: Sequence[tuple], workers: int, bar: Any,

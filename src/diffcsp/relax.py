@@ -34,7 +34,7 @@ from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Structure
 from tqdm.auto import tqdm
 
-from diffcsp.parallel import limit_blas_threads, run_in_pool, worker_count
+from diffcsp.parallel import run_in_pool, run_inline, worker_count
 from diffcsp.predictions import Predictions, dict_to_structure, structure_to_dict
 
 #: Statuses of a relaxation. Only ``converged`` and ``unconverged`` (ran out of steps, but the
@@ -270,15 +270,13 @@ def relax_structures(structures: Sequence[Structure | dict[str, Any] | None], fm
     crystals = [s if s is None or isinstance(s, dict) else structure_to_dict(s) for s in structures]
     n = len(crystals)
     workers = worker_count(workers, n)
-    raw: list[dict[str, Any] | None] = [None] * n
+    tasks = [(c, fmax, steps, i, symprec, pressure, optimizer) for i, c in enumerate(crystals)]
+    raw: list[dict[str, Any] | None]
     bar = tqdm(total=n, desc="relaxing", unit="structure", disable=not progress)
     try:
         if workers == 1:
             load_potential()
-            with limit_blas_threads():
-                for i, crystal in enumerate(crystals):
-                    raw[i] = relax_one(crystal, fmax, steps, i, symprec, pressure, optimizer)
-                    bar.update(1)
+            raw = run_inline(relax_one, tasks, bar)
         else:
             def worker_failed(i: int, exc: BaseException) -> dict[str, Any]:  # e.g. out of memory
                 return {"index": i, "status": FAILED, "crystal": None, "initial": crystals[i],
@@ -286,8 +284,7 @@ def relax_structures(structures: Sequence[Structure | dict[str, Any] | None], fm
                         "max_force": None, "max_stress": None, "seconds": 0.0,
                         "message": f"worker failed: {type(exc).__name__}: {exc}"[:300]}
 
-            raw = run_in_pool(relax_one, [(c, fmax, steps, i, symprec, pressure, optimizer) for i, c in enumerate(crystals)],
-                              workers, bar, initializer=_worker_init, on_error=worker_failed)
+            raw = run_in_pool(relax_one, tasks, workers, bar, initializer=_worker_init, on_error=worker_failed)
     finally:
         bar.close()
     return [_to_result(r) for r in raw if r is not None]
