@@ -249,7 +249,7 @@ def test_cli_predicts_carbon_with_the_bundled_carbon_model(tmp_path: Path):
     cells = [Structure.from_file(tmp_path / f"C8_0{i}.cif") for i in range(2)]
     assert [c.composition.formula for c in cells] == ["C8", "C8"]
     assert_one_error_line(cli("predict", "C8", "-m", "no_such_model", "--out", str(tmp_path / "x")),
-                          "no_such_model", "perov_5_cpu")
+                          "no_such_model", "perov_5_wide")
 
 
 def test_weights_hash_is_deterministic_and_sensitive():

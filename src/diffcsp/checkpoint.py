@@ -36,7 +36,7 @@ from diffcsp.fileio import _umask, atomic_write, write_json
 from diffcsp.model import DiffCSP, ModelConfig
 
 BUNDLED_DIR = Path(__file__).parent / "models"
-DEFAULT_MODEL = "perov_5_cpu"
+DEFAULT_MODEL = "perov_5_wide"
 #: key of the weights hash in an exported model's config.json
 HASH_KEY = "weights_sha256"
 #: key of the weights hash in a Lightning checkpoint dict (written by the training module)
@@ -235,7 +235,7 @@ def bundled_models() -> dict[str, dict[str, Any]]:
 
 def resolve_model_path(path: str | Path | None) -> Path:
     """Turn what a user typed after ``--model`` into a path: an existing file or folder as is,
-    else a bundled model's folder name (``perov_5_cpu``), else a dataset name (``carbon_24``)
+    else a bundled model's folder name (``perov_5_wide``), else a dataset name (``carbon_24``)
     that names the one bundled CSP model trained on it. ``None`` is the default bundled model."""
     if path is None:
         return BUNDLED_DIR / DEFAULT_MODEL
