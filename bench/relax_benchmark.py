@@ -12,9 +12,10 @@ unchanged (``diffcsp.metrics.evaluate_predictions`` on k = 1 / k files):
 * any of k, before and after relaxation,
 * PyXtal random structures: top-1 by relaxed energy and any of k.
 
-Work is done crystal by crystal and appended to ``work.jsonl`` (resumable: rerun to continue,
-``--report-only`` to write the report from whatever has finished), so a CPU budget can be spent
-and stopped at any point. CPU is scarce: one worker, one torch thread.
+Work is done crystal by crystal and appended to ``work.jsonl.gz``, a journal of one gzip member
+per crystal (resumable: rerun to continue, ``--report-only`` to write the report from whatever has
+finished; a record torn by a kill is dropped and redone), so a CPU budget can be spent and
+stopped at any point. CPU is scarce: one worker, one torch thread.
 
     python bench/relax_benchmark.py --out bench/results/relax --limit 12 --k 10
     python bench/relax_benchmark.py --out bench/results/relax --report-only
@@ -23,7 +24,6 @@ and stopped at any point. CPU is scarce: one worker, one torch thread.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -34,7 +34,10 @@ from typing import Any
 
 import numpy as np
 
+from diffcsp.fileio import append_journal, atomic_write, read_journal, write_json, write_text
+
 ROOT = Path(__file__).resolve().parents[1]
+WORK = "work.jsonl.gz"  # the journal of finished crystals in the --out folder
 INPUTS = {
     "carbon_24": ROOT / "bench/results/carbon_24/k20_first25_steps250.json.gz",
     "perov_5": ROOT / "bench/results/perov_5/k20_first100_steps250.json.gz",
@@ -56,10 +59,10 @@ def _shown(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
-def _work_records(work: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+def _work_records(work: Path, args: argparse.Namespace, repair: bool = False) -> list[dict[str, Any]]:
     """The finished work items, refusing a file made with another optimiser or another input
     (its samples would not be the ones the report and the resumed run use)."""
-    records = [json.loads(line) for line in work.read_text().splitlines()] if work.exists() else []
+    records = read_journal(work, repair=repair)
     for rec in records:
         if rec.get("optimizer", "fire") != args.optimizer:
             raise SystemExit(f"{work} was relaxed with {rec.get('optimizer', 'fire')}, not {args.optimizer}: "
@@ -155,8 +158,8 @@ def run(args: argparse.Namespace) -> None:
     load_potential()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    work = out / "work.jsonl"
-    done = {(rec["method"], rec["dataset"], rec["index"]) for rec in _work_records(work, args)}
+    work = out / WORK
+    done = {(rec["method"], rec["dataset"], rec["index"]) for rec in _work_records(work, args, repair=True)}
     preds = {name: Predictions.load(path) for name, path in args.inputs.items()}
     methods = tuple(args.methods.split(",")) if args.methods else None
     datasets = tuple(args.datasets.split(","))
@@ -179,8 +182,7 @@ def run(args: argparse.Namespace) -> None:
                "inputs": inputs[: args.k] if method.startswith("pyxtal") else None,
                "samples": [_result_to_json(r) for r in results[: args.k]],
                "ground_truth": _result_to_json(results[-1]) if method.startswith("diffcsp") else None}
-        with work.open("a") as handle:
-            handle.write(json.dumps(rec) + "\n")
+        append_journal(work, rec)
         print(f"{time.strftime('%H:%M:%S')} {method} {dataset} #{i} {crystal['formula']}: {rec['wall_seconds']} s, "
               f"statuses {[r.status[:4] for r in results]}", flush=True)
 
@@ -228,13 +230,12 @@ def report(args: argparse.Namespace) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from diffcsp.fileio import atomic_write, write_json, write_text
     from diffcsp.metrics import evaluate_predictions
     from diffcsp.predictions import Predictions
     from diffcsp.relax import top1_by_energy
 
     out = Path(args.out)
-    records = _work_records(out / "work.jsonl", args)
+    records = _work_records(out / WORK, args)
     sources = {name: Predictions.load(path) for name, path in args.inputs.items()}
     summary: dict[str, Any] = {}
     scatter: dict[str, list[tuple[float, float | None]]] = {}
@@ -414,7 +415,7 @@ def _markdown(summary: dict[str, Any], args: argparse.Namespace, records: list[d
                      f"lies > 5 meV/atom *below* the relaxed ground truth: CHGNet prefers another minimum to the ground truth's own. "
                      f"Ground-truth relaxations: {e['gt_relaxed_statuses']}. Sample statuses: {e['statuses']}.")
     lines += ["", "Per crystal: `per_crystal.csv`; scatter of energy above the best candidate against RMSE: `energy_vs_rmse.png`; "
-              "raw relaxations: `work.jsonl`; numbers: `summary.json`.", "", "## Command", "", "```",
+              "raw relaxations: `work.jsonl.gz`; numbers: `summary.json`.", "", "## Command", "", "```",
               f"python bench/relax_benchmark.py --out {args.out} --limit {args.limit} --k {args.k} --fmax {args.fmax} --steps {args.steps} --optimizer {args.optimizer}"
               f"{' --baseline' if args.baseline else ''}"
               f"{f' --methods {args.methods} --datasets {args.datasets}' if args.methods else ''}{''.join(f' --input {i}' for i in args.input)}   # resumable; then --report-only",
@@ -436,7 +437,7 @@ def main() -> None:
     parser.add_argument("--datasets", default="carbon_24,perov_5", help="with --methods: which datasets")
     parser.add_argument("--input", action="append", default=[], metavar="DATASET=PATH",
                         help="predictions file (k samples per crystal) to relax for DATASET, instead of the "
-                             "committed default; one out folder per input (work.jsonl records it)")
+                             "committed default; one out folder per input (work.jsonl.gz records it)")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     args.inputs = inputs(args.input)
