@@ -74,18 +74,17 @@ def main() -> None:
     rows = [{"t_star": None, "what": "ground truths", "bonds_in_window": bonds_in_window(c["ground_truth"] for c in base.crystals)},
             {"t_star": 0, "what": "samples as drawn", **score(base)}]
     print(json.dumps(rows[0]), json.dumps(rows[1]), sep="\n", flush=True)
-    key = "samples" if args.start == "samples" else "ground_truth"
-    samples = [dict_to_structure(c["samples"][0] if key == "samples" else c[key]) for c in base.crystals]
-    num_atoms = torch.tensor([len(s) for s in samples])
-    types = torch.tensor([z for s in samples for z in s.atomic_numbers])
-    lattice0 = torch.tensor(np.stack([s.lattice.matrix for s in samples]), dtype=torch.float32)
-    frac0 = torch.tensor(np.concatenate([s.frac_coords for s in samples]), dtype=torch.float32)
+    starts = [dict_to_structure(c["samples"][0] if args.start == "samples" else c["ground_truth"]) for c in base.crystals]
+    num_atoms = torch.tensor([len(s) for s in starts])
+    types = torch.tensor([z for s in starts for z in s.atomic_numbers])
+    lattice0 = torch.tensor(np.stack([s.lattice.matrix for s in starts]), dtype=torch.float32)
+    frac0 = torch.tensor(np.concatenate([s.frac_coords for s in starts]), dtype=torch.float32)
     for t_star in (int(x) for x in args.tstar.split(",") if x):
         times = sorted({t for t in time_schedule(model.config.timesteps, args.steps) if t <= t_star} | {t_star}, reverse=True)
         lattice_t, frac_t = lattice0, frac0
         if args.start == "ground-truth":  # the forward processes at t*: q(L_t | L_0) and q(F_t | F_0)
             gen = torch.Generator().manual_seed(args.seed)
-            lattice_t = model.lattice_process.add_noise(lattice0, torch.full((len(samples),), t_star),
+            lattice_t = model.lattice_process.add_noise(lattice0, torch.full((len(starts),), t_star),
                                                         torch.randn(lattice0.shape, generator=gen))
             frac_t = model.coord_process.add_noise(frac0, model.coord_process.sigmas[t_star],
                                                    torch.randn(frac0.shape, generator=gen))

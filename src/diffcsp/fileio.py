@@ -84,10 +84,9 @@ def read_journal(path: str | Path, repair: bool = False) -> list[Any]:
                 chunk = data[pos:pos + 65536]
                 chunks.append(member.decompress(chunk))
                 pos += len(chunk)
-            lines = b"".join(chunks).decode().splitlines() if member.eof else None
-            if lines is None:
+            if not member.eof:  # cut short
                 break
-            records.extend(json.loads(line) for line in lines if line)
+            records.extend(json.loads(line) for line in b"".join(chunks).decode().splitlines() if line)
         except (zlib.error, UnicodeDecodeError, json.JSONDecodeError):
             break
         intact = pos - len(member.unused_data)
