@@ -83,7 +83,8 @@ def main() -> None:
         f"cells of {', '.join(str(n) for n, c in enumerate(cfg.num_atoms_hist) if c)} atoms); "
         f"at most {cfg.max_atoms} atoms per cell are accepted. Outside that, predictions are unreliable.", "",
         "## Training",
-        f"- Task: {cfg.task.upper()} (DiffCSP, joint diffusion of lattice and fractional coordinates).",
+        f"- Task: {cfg.task.upper()} (DiffCSP, joint diffusion of lattice and fractional coordinates"
+        f"{', and of one-hot atom types: ab initio generation' if cfg.task == 'gen' else ''}).",
         f"- Data protocol: **{protocol['name']}** — train: {protocol['train']} ({protocol['train_size']} crystals); "
         f"validation / model selection: {protocol['val']} ({protocol['val_size']}). The official train split was not "
         "available; the official test split was used for reporting only.",
@@ -95,15 +96,26 @@ def main() -> None:
         f"- Command: `{_command(config, run)}`", "",
         "## Metrics (`diffcsp evaluate`; protocol: docs/method.md §Evaluation)", "",
     ]
-    if metrics:
+    csp = [m for m in metrics if m.get("task", "csp") == "csp"]
+    gen = [m for m in metrics if m.get("task") == "gen"]
+    if csp:
         lines += ["| split | crystals | k | sampler | rule | match rate (%) | RMSE | valid (%) |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for m in metrics:
+        for m in csp:
             k = m.get("k", 1)
             mr, rmse, valid = (m["match_rate"], m["rmse"], m["valid_rate"]) if k == 1 else (m["match_rate_k"], m["rmse_k"], m["valid_rate_k"])
             sampler, limit = _sampler(Path(m["predictions"]))
             lines.append(f"| {m['dataset']}/{m['split']} | {'all' if limit is None else 'first'} {m['n']} | {k} | {sampler} | "
                          f"{m.get('rule', 'structure')} | {100 * mr:.2f} | {'–' if rmse is None else f'{rmse:.4f}'} | {100 * valid:.1f} |")
+    if gen:  # ab initio generation: the six numbers of the paper's generation table, against the reference split
+        lines += ["| reference | crystals generated | rule | validity struct (%) | validity comp (%) | COV-R (%) | COV-P (%) | "
+                  "W(density) | W(#elements) | composition scaler |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for m in gen:
+            lines.append(f"| {m['dataset']}/{m['split']} | {m['n']} | {m.get('rule', 'structure')} | {100 * m['struct_valid']:.2f} | "
+                         f"{100 * m['comp_valid']:.2f} | {100 * m['cov_recall']:.2f} | {100 * m['cov_precision']:.2f} | "
+                         f"{m['wdist_density']:.4f} | {m['wdist_num_elems']:.4f} | {m['comp_scaler']} |")
+    if metrics:
         lines += ["", "See BENCHMARKS.md for the full protocol, commands and timings."]
     else:
         lines.append("Not evaluated yet.")

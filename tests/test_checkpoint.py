@@ -232,8 +232,14 @@ def test_bundled_models_by_folder_or_dataset_name(tmp_path: Path, monkeypatch: p
     assert same_weights(carbon, load_model("carbon_24_cpu"))
     assert load_model("perov_5").config.dataset == "perov_5"
     assert ckpt.model_meta("carbon_24")["suited_for"].startswith("pure-carbon")
-    with pytest.raises(CheckpointError, match="nor a bundled model: carbon_24_cpu"):
+    with pytest.raises(CheckpointError, match="nor a bundled csp model: carbon_24_cpu"):
         load_model("mp_20")
+    # a dataset name picks the bundled model of the task asked for; no task-less default crosses over
+    assert load_model("perov_5").is_gen is False
+    gen = load_model("perov_5", task="gen")
+    assert gen.is_gen and same_weights(gen, load_model("perov_5_gen")) and same_weights(gen, load_model(task="gen"))
+    with pytest.raises(CheckpointError, match="nor a bundled gen model"):
+        load_model("carbon_24", task="gen")
     monkeypatch.chdir(tmp_path)  # a folder called carbon_24 in the working directory is taken as a path
     (tmp_path / "carbon_24").mkdir()
     with pytest.raises(CheckpointError, match="no model.safetensors"):

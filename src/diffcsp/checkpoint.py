@@ -37,6 +37,8 @@ from diffcsp.model import DiffCSP, ModelConfig
 
 BUNDLED_DIR = Path(__file__).parent / "models"
 DEFAULT_MODEL = "perov_5_wide"
+#: The bundled generation model that `diffcsp generate` uses when no model is named.
+DEFAULT_GEN_MODEL = "perov_5_gen"
 #: key of the weights hash in an exported model's config.json
 HASH_KEY = "weights_sha256"
 #: key of the weights hash in a Lightning checkpoint dict (written by the training module)
@@ -233,12 +235,13 @@ def bundled_models() -> dict[str, dict[str, Any]]:
     return found
 
 
-def resolve_model_path(path: str | Path | None) -> Path:
+def resolve_model_path(path: str | Path | None, task: str = "csp") -> Path:
     """Turn what a user typed after ``--model`` into a path: an existing file or folder as is,
     else a bundled model's folder name (``perov_5_wide``), else a dataset name (``carbon_24``)
-    that names the one bundled CSP model trained on it. ``None`` is the default bundled model."""
+    that names the one bundled model of that ``task`` ("csp" or "gen") trained on it. ``None``
+    is the default bundled model of the task."""
     if path is None:
-        return BUNDLED_DIR / DEFAULT_MODEL
+        return BUNDLED_DIR / (DEFAULT_GEN_MODEL if task == "gen" else DEFAULT_MODEL)
     path = Path(path)
     if path.exists():
         return path
@@ -246,21 +249,22 @@ def resolve_model_path(path: str | Path | None) -> Path:
     name = str(path)
     if name in bundled:
         return bundled[name]["path"]
-    by_dataset = [info["path"] for info in bundled.values() if info["dataset"] == name and info["task"] == "csp"]
+    by_dataset = [info["path"] for info in bundled.values() if info["dataset"] == name and info["task"] == task]
     if len(by_dataset) == 1:
         return by_dataset[0]
     names = ", ".join(f"{n} ({info['dataset']}, {info['task']})" for n, info in bundled.items())
-    raise CheckpointError(f"checkpoint not found: {path} (not a file or folder, nor a bundled model: {names})")
+    raise CheckpointError(f"checkpoint not found: {path} (not a file or folder, nor a bundled {task} model: {names})")
 
 
-def load_model(path: str | Path | None = None, device: str | torch.device = "cpu") -> DiffCSP:
+def load_model(path: str | Path | None = None, device: str | torch.device = "cpu", task: str = "csp") -> DiffCSP:
     """Load an exported model folder, a ``model.safetensors`` file, a Lightning ``.ckpt``, a
-    run directory (its best checkpoint), or — with no path — the bundled default model.
+    run directory (its best checkpoint), or — with no path — the bundled default model of
+    ``task`` (a dataset name picks that dataset's bundled model of ``task``).
 
     Weights are checked against their recorded SHA-256 and for non-finite values; any damage
     raises :class:`CheckpointError`.
     """
-    path = resolve_model_path(path)
+    path = resolve_model_path(path, task)
     if path.is_dir():
         if (path / "model.safetensors").is_file():
             return _load_exported(path / "model.safetensors", path / "config.json").to(device)

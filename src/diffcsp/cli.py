@@ -67,7 +67,7 @@ Sampler = Annotated[str, typer.Option("--sampler", help="'auto' (default): 'fast
 Threads = Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch (default: torch's choice).")]
 
 
-def _model_with_threads(checkpoint: Path | None, threads: int | None):
+def _model_with_threads(checkpoint: Path | None, threads: int | None, task: str = "csp"):
     """Set torch's thread count (if asked) and load a model: the start of every sampling command."""
     import torch
 
@@ -75,7 +75,7 @@ def _model_with_threads(checkpoint: Path | None, threads: int | None):
 
     if threads:
         torch.set_num_threads(threads)
-    return load_model(checkpoint)
+    return load_model(checkpoint, task=task)
 
 
 # -- data ------------------------------------------------------------------------------------
@@ -356,7 +356,7 @@ def sample_cmd(
 
 @app.command("generate")
 def generate_cmd(
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="Generation model (trained with --task gen).")],
+    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", "-c", "--model", "-m", help="Generation model (trained with --task gen): a run dir, .ckpt or exported model dir, or the bundled 'perov_5' generation model (default; folder name perov_5_gen).", show_default=False)] = None,
     n: Annotated[int, typer.Option("-n", "--num", help="Number of crystals to generate.")] = 100,
     out: Annotated[Path, typer.Option("--out", help="Folder for CIFs and generated.json.gz.")] = Path("generated"),
     steps: Steps = None,
@@ -371,10 +371,10 @@ def generate_cmd(
     from diffcsp.predict import generate, write_structures
 
     with _Guard():
-        model = _model_with_threads(checkpoint, threads)
+        model = _model_with_threads(checkpoint, threads, task="gen")
         preds, structures = generate(model, n, steps=steps, step_lr=step_lr, seed=seed, batch_size=batch_size,
                                      reference_split=reference_split)
-        preds.meta.update(checkpoint=str(checkpoint))
+        preds.meta.update(checkpoint=str(checkpoint or "bundled:perov_5_gen"))
         path = preds.save(out / "generated.json.gz")
         if not no_cif:
             write_structures(structures, out / "cif", "gen")

@@ -450,9 +450,15 @@ def predict_split(model: DiffCSP, table, num_samples: int = 1, steps: int | None
     return Predictions("csp", dataset, split, num_samples, meta=meta, crystals=crystals)
 
 
-def generate(model: DiffCSP, n: int, steps: int | None = None, step_lr: float | None = None, seed: int | None = 0,
-             batch_size: int = 512, reference_split: str = "test", progress: bool = True) -> tuple[Predictions, list[Structure]]:
-    """Ab initio generation of ``n`` crystals, atom counts drawn from the training distribution."""
+def generate(model: DiffCSP | str | Path | None, n: int, steps: int | None = None, step_lr: float | None = None,
+             seed: int | None = 0, batch_size: int = 512, reference_split: str = "test",
+             progress: bool = True) -> tuple[Predictions, list[Structure]]:
+    """Ab initio generation of ``n`` crystals, atom counts drawn from the training distribution.
+
+    ``model``: a generation model, a path to one, or ``None`` / a dataset name for a bundled one.
+    """
+    if not isinstance(model, DiffCSP):
+        model = load_model(model, task="gen")
     if not model.is_gen:
         raise CompositionError("this is a CSP model (atom types given); train one with `diffcsp train --task gen`")
     gamma = step_lr if step_lr is not None else default_step_lr(model)
