@@ -246,3 +246,28 @@ def test_pressure_compresses_diamond_by_its_bulk_modulus():
 def test_unknown_optimizer_is_refused_before_any_work():
     with pytest.raises(ValueError, match="optimizer must be one of"):
         relax_structures([nacl_primitive(NACL_EXP_A)], optimizer="newton", workers=1, progress=False)
+
+
+def test_zero_steps_gives_single_point_energies_and_moves_nothing(tmp_path):
+    """`--relax-steps 0` ranks the samples as sampled: energies from CHGNet's own API, structures untouched."""
+    from diffcsp.relax import SINGLE_POINT
+
+    distorted = distort(srtio3(3.9))
+    results = relax_structures([distorted, nacl_primitive(5.7)], steps=0, workers=1, progress=False)
+    assert results[0].status == SINGLE_POINT and results[0].steps == 0
+    assert results[1].status == CONVERGED  # already below fmax by symmetry: nothing to do either way
+    for r, s in zip(results, [distorted, nacl_primitive(5.7)]):
+        assert np.allclose(r.structure.lattice.matrix, s.lattice.matrix, atol=1e-8)
+        assert np.allclose(r.structure.cart_coords, s.cart_coords, atol=1e-8)
+        reference = load_potential().model.predict_structure(s)["e"]  # CHGNet's energy per atom, independent of our ASE path
+        assert r.energy_per_atom == pytest.approx(float(reference), abs=2e-3)
+        assert r.initial_energy_per_atom == r.energy_per_atom
+    # through the CLI: the single-point top-1 picks what the relaxed run's single-point top-1 picks
+    src = _tiny_predictions().save(tmp_path / "preds.json.gz")
+    res = CliRunner().invoke(app, ["relax", str(src), "--relax-steps", "0", "--workers", "1"])
+    assert res.exit_code == 0, res.output
+    _, top1_unrelaxed = output_paths(tmp_path / "preds.relaxed.json.gz")
+    picked = Predictions.load(top1_unrelaxed)
+    assert [c["samples"][0]["sample_index"] for c in picked.crystals] == [1, 0]
+    with pytest.raises(ValueError, match="steps ≥ 0"):
+        relax_structures([distorted], steps=-1, workers=1, progress=False)

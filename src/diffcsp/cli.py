@@ -211,7 +211,7 @@ Checkpoint = Annotated[Optional[Path], typer.Option("--checkpoint", "-c", "--mod
 
 
 Fmax = Annotated[float, typer.Option("--fmax", help="Relaxation converges when every force (and cell force) is below this, eV/Å.")]
-RelaxSteps = Annotated[int, typer.Option("--relax-steps", help="Most optimiser steps per relaxation; one that needs more is kept as 'unconverged'.")]
+RelaxSteps = Annotated[int, typer.Option("--relax-steps", help="Most optimiser steps per relaxation; one that needs more is kept as 'unconverged'. 0: single-point energies of the samples as they are (ranking without relaxing).")]
 RelaxOptimizer = Annotated[str, typer.Option("--optimizer", help="ASE optimiser for the relaxations: 'fire', 'bfgs' or 'lbfgs' (cell and positions together).")]
 RelaxSymprec = Annotated[Optional[float], typer.Option("--symprec", help="Relax each structure within the space group spglib finds at this tolerance in Å (ASE FixSymmetry); default: unconstrained.", show_default=False)]
 

@@ -40,7 +40,9 @@ from diffcsp.predictions import Predictions, dict_to_structure, structure_to_dic
 #: Statuses of a relaxation. Only ``converged`` and ``unconverged`` (ran out of steps, but the
 #: energy is finite) carry an energy that may be ranked.
 CONVERGED, UNCONVERGED, DIVERGED, FAILED, INVALID = "converged", "unconverged", "diverged", "failed", "invalid"
-RANKABLE = (CONVERGED, UNCONVERGED)
+#: ``steps=0``: the energy of the structure as given, nothing moved (ranking unrelaxed samples).
+SINGLE_POINT = "single_point"
+RANKABLE = (CONVERGED, UNCONVERGED, SINGLE_POINT)
 
 #: A cell whose volume per atom leaves this range (Å³) has blown up or collapsed: no real
 #: crystal is denser than ~2 Å³/atom (diamond: 5.7) or sparser than a few hundred.
@@ -210,8 +212,8 @@ def relax_one(crystal: dict[str, Any] | None, fmax: float = 0.05, steps: int = 5
                     out.update(status=DIVERGED, message=f"cell blew up or collapsed ({volume:.3g} Å³/atom) at step {opt.nsteps}")
                     break
             else:
-                out["status"] = CONVERGED if converged else UNCONVERGED
-                if not converged:
+                out["status"] = CONVERGED if converged else SINGLE_POINT if steps == 0 else UNCONVERGED
+                if out["status"] == UNCONVERGED:
                     out["message"] = f"not converged to fmax={fmax} in {steps} steps"
         out["steps"] = int(opt.nsteps)
         atoms.set_constraint()  # the structure adaptor copies constraints into site properties
@@ -262,10 +264,13 @@ def relax_structures(structures: Sequence[Structure | dict[str, Any] | None], fm
     ``workers`` defaults to the number of cores (at most one per structure). With one worker the
     relaxations run in this process, reusing its already loaded potential; otherwise in fresh
     (forkserver/spawn) processes, each loading the potential once. ``symprec``: relax within the
-    space group found at this tolerance, ``pressure`` in GPa (see :func:`relax_one`).
+    space group found at this tolerance, ``pressure`` in GPa (see :func:`relax_one`). ``steps=0``
+    computes single-point energies only (status ``single_point``; a structure already below
+    ``fmax`` is ``converged``): ranking unrelaxed samples this way was the better pick on both
+    benchmarks (BENCHMARKS.md, "Relax and rank").
     """
-    if fmax <= 0 or steps < 1:
-        raise ValueError(f"fmax must be > 0 and steps ≥ 1 (got fmax={fmax}, steps={steps})")
+    if fmax <= 0 or steps < 0:
+        raise ValueError(f"fmax must be > 0 and steps ≥ 0 (got fmax={fmax}, steps={steps})")
     check_optimizer(optimizer)
     crystals = [s if s is None or isinstance(s, dict) else structure_to_dict(s) for s in structures]
     n = len(crystals)
@@ -443,7 +448,7 @@ def relax_predictions(preds: Predictions, fmax: float = 0.05, steps: int = 500, 
                            initial={**initial, "energy_per_atom": r.initial_energy_per_atom})
             samples.append(relaxed)
         crystals.append({**c, "samples": samples})
-    statuses = {s: sum(r.status == s for r in results) for s in (CONVERGED, UNCONVERGED, DIVERGED, FAILED, INVALID)}
+    statuses = {s: sum(r.status == s for r in results) for s in (CONVERGED, UNCONVERGED, SINGLE_POINT, DIVERGED, FAILED, INVALID)}
     meta = {**preds.meta, "relax": {**potential_info(optimizer), "fmax": fmax, "steps": steps, "symprec": symprec, "pressure_GPa": pressure,
                                     "energy": "enthalpy (E + PV)/N" if pressure else "E/N", "seconds": round(seconds, 1),
                                     "seconds_per_relaxation": round(sum(r.seconds for r in results) / max(len(results), 1), 3),
