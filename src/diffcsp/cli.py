@@ -368,13 +368,14 @@ def generate_cmd(
     threads: Threads = None,
 ) -> None:
     """Ab initio generation: new crystals (atoms, lattice, positions) from a generation model."""
+    from diffcsp.checkpoint import DEFAULT_GEN_MODEL
     from diffcsp.predict import generate, write_structures
 
     with _Guard():
         model = _model_with_threads(checkpoint, threads, task="gen")
         preds, structures = generate(model, n, steps=steps, step_lr=step_lr, seed=seed, batch_size=batch_size,
                                      reference_split=reference_split)
-        preds.meta.update(checkpoint=str(checkpoint or "bundled:perov_5_gen"))
+        preds.meta.update(checkpoint=str(checkpoint or f"bundled:{DEFAULT_GEN_MODEL}"))
         path = preds.save(out / "generated.json.gz")
         if not no_cif:
             write_structures(structures, out / "cif", "gen")
