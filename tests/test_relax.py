@@ -271,3 +271,20 @@ def test_zero_steps_gives_single_point_energies_and_moves_nothing(tmp_path):
     assert [c["samples"][0]["sample_index"] for c in picked.crystals] == [1, 0]
     with pytest.raises(ValueError, match="steps ≥ 0"):
         relax_structures([distorted], steps=-1, workers=1, progress=False)
+
+
+def test_relax_cli_relaxes_a_generation_file(tmp_path):
+    """`diffcsp relax` on a `diffcsp generate` file: the first --limit crystals relaxed, energies down, no top-1 files."""
+    crystals = [structure_to_dict(distort(nacl_primitive(5.7))), structure_to_dict(distort(srtio3(3.9)))]
+    src = Predictions("gen", "perov_5", "test", 1, meta={}, generated=crystals).save(tmp_path / "gen.json.gz")
+    out = tmp_path / "gen.relaxed.json.gz"
+    res = CliRunner().invoke(app, ["relax", str(src), "--relax-steps", "100", "--fmax", "0.1", "--workers", "1",
+                                   "--limit", "1", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    relaxed = Predictions.load(out)
+    assert relaxed.task == "gen" and relaxed.crystals == [] and len(relaxed.generated) == 1
+    [entry] = relaxed.generated
+    assert entry["status"] == CONVERGED and entry["energy_per_atom"] < entry["initial"]["energy_per_atom"]
+    volume = Structure(entry["lattice"], entry["numbers"], entry["frac_coords"]).volume
+    assert abs((4 * volume) ** (1 / 3) - NACL_EXP_A) / NACL_EXP_A < 0.03  # the conventional cube holds 4 primitive cells
+    assert not any(p.name.endswith(".top1.json.gz") for p in tmp_path.iterdir())

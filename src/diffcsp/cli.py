@@ -385,7 +385,7 @@ def generate_cmd(
 
 @app.command("relax")
 def relax_cmd(
-    predictions: Annotated[Path, typer.Argument(help="CSP predictions file written by `diffcsp sample`.")],
+    predictions: Annotated[Path, typer.Argument(help="CSP predictions file written by `diffcsp sample`, or a generation file written by `diffcsp generate`.")],
     out: Annotated[Optional[Path], typer.Option("--out", help="Relaxed predictions file (default: NAME.relaxed.json.gz next to the input).", show_default=False)] = None,
     fmax: Fmax = 0.05,
     relax_steps: RelaxSteps = 500,
@@ -393,6 +393,7 @@ def relax_cmd(
     symprec: RelaxSymprec = None,
     pressure: Annotated[float, typer.Option("--pressure", help="Hydrostatic pressure in GPa; energies are then enthalpies (E + PV)/N.")] = 0.0,
     workers: Annotated[Optional[int], typer.Option("--workers", help="Worker processes, one torch thread each (default: all cores).")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Relax only the first N crystals of the file.", show_default=False)] = None,
 ) -> None:
     """Relax every sample with CHGNet and pick each crystal's lowest-energy sample.
 
@@ -400,7 +401,9 @@ def relax_cmd(
     'initial'), OUT_STEM.top1.json.gz (per crystal the lowest relaxed energy, k = 1) and
     OUT_STEM.top1_unrelaxed.json.gz (lowest single-point energy before relaxation, k = 1).
     `diffcsp evaluate` on each gives match rates: OUT after relaxation (first sample and any of k),
-    the top1 files the top-1-by-energy match rate after and before relaxation.
+    the top1 files the top-1-by-energy match rate after and before relaxation. A generation file
+    (`diffcsp generate`) is relaxed crystal by crystal into OUT only; `diffcsp evaluate OUT` then
+    gives the generation metrics of the relaxed crystals.
     """
     from diffcsp.predictions import Predictions
     from diffcsp.relax import output_paths, relax_predictions, top1_by_energy
@@ -412,18 +415,20 @@ def relax_cmd(
             out = predictions.with_name(f"{stem}.relaxed.json.gz")
         try:
             relaxed = relax_predictions(preds, fmax=fmax, steps=relax_steps, workers=workers, symprec=symprec,
-                                        pressure=pressure, optimizer=optimizer)
+                                        pressure=pressure, optimizer=optimizer, limit=limit)
         except ImportError as exc:
             raise ValueError(str(exc)) from None
         relaxed.meta["relaxed_from"] = str(predictions)
         relaxed.save(out)
-        top1, top1_unrelaxed = output_paths(out)
-        top1_by_energy(relaxed).save(top1)
-        top1_by_energy(relaxed, initial=True).save(top1_unrelaxed)
         info = relaxed.meta["relax"]
         statuses = ", ".join(f"{k} {v}" for k, v in info["statuses"].items() if v)
-        typer.echo(f"relaxed {sum(len(c['samples']) for c in relaxed.crystals)} samples in {info['seconds']:.0f} s ({statuses}) → {out}")
-        typer.echo(f"top-1 by energy: {top1} (relaxed), {top1_unrelaxed} (unrelaxed); score with `diffcsp evaluate FILE`")
+        count = len(relaxed.generated) + sum(len(c["samples"]) for c in relaxed.crystals)
+        typer.echo(f"relaxed {count} structures in {info['seconds']:.0f} s ({statuses}) → {out}")
+        if relaxed.task == "csp":
+            top1, top1_unrelaxed = output_paths(out)
+            top1_by_energy(relaxed).save(top1)
+            top1_by_energy(relaxed, initial=True).save(top1_unrelaxed)
+            typer.echo(f"top-1 by energy: {top1} (relaxed), {top1_unrelaxed} (unrelaxed); score with `diffcsp evaluate FILE`")
 
 
 @app.command("evaluate")

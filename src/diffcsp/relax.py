@@ -418,42 +418,47 @@ def relax_rank_and_write(structures: Sequence[Structure | None], out_dir: str | 
 # --------------------------------------------------------------------------------------------
 
 
+def _relaxed_entry(original: dict[str, Any], r: RelaxResult) -> dict[str, Any]:
+    """A predictions-file structure dict replaced by its relaxed form, with the relaxation's record."""
+    relaxed = structure_to_dict(r.structure) if r.rankable and r.structure is not None else dict(original)
+    initial = {k: original[k] for k in ("numbers", "lattice", "frac_coords")}
+    relaxed.update(energy_per_atom=r.energy_per_atom, status=r.status, steps=r.steps, max_force=r.max_force,
+                   max_stress=r.max_stress, seconds=r.seconds, message=r.message,
+                   initial={**initial, "energy_per_atom": r.initial_energy_per_atom})
+    return relaxed
+
+
 def relax_predictions(preds: Predictions, fmax: float = 0.05, steps: int = 500, workers: int | None = None,
                       progress: bool = True, symprec: float | None = None, pressure: float = 0.0,
-                      optimizer: str = DEFAULT_OPTIMIZER) -> Predictions:
-    """Relax every sample of a CSP predictions file; a new file whose samples are the relaxed ones.
+                      optimizer: str = DEFAULT_OPTIMIZER, limit: int | None = None) -> Predictions:
+    """Relax every sample of a CSP predictions file (or every crystal of a generation file); a new
+    file whose samples are the relaxed ones. ``limit``: the first N crystals only.
 
     Each sample dict keeps the usual keys (the relaxed structure, so ``diffcsp evaluate`` scores
     relaxed samples) plus ``energy_per_atom``, ``status``, ``steps``, ``max_force``, ``max_stress``
     and ``initial`` (the unrelaxed sample with its single-point ``energy_per_atom``). A sample
     whose relaxation failed keeps its unrelaxed structure and has ``energy_per_atom`` None.
     """
-    if preds.task != "csp":
-        raise ValueError(f"relaxation of benchmark predictions needs a 'csp' file, got task {preds.task!r}")
-    flat = [s for c in preds.crystals for s in c["samples"]]
+    gen = preds.task == "gen"
+    crystals_in = preds.crystals[:limit]
+    generated_in = preds.generated[:limit]
+    flat = generated_in if gen else [s for c in crystals_in for s in c["samples"]]
     start = time.perf_counter()
     results = relax_structures(flat, fmax=fmax, steps=steps, workers=workers, progress=progress, symprec=symprec,
                                pressure=pressure, optimizer=optimizer)
     seconds = time.perf_counter() - start
-    crystals, i = [], 0
-    for c in preds.crystals:
-        samples = []
-        for original in c["samples"]:
-            r = results[i]
-            i += 1
-            relaxed = structure_to_dict(r.structure) if r.rankable and r.structure is not None else dict(original)
-            initial = {k: original[k] for k in ("numbers", "lattice", "frac_coords")}
-            relaxed.update(energy_per_atom=r.energy_per_atom, status=r.status, steps=r.steps, max_force=r.max_force,
-                           max_stress=r.max_stress, seconds=r.seconds, message=r.message,
-                           initial={**initial, "energy_per_atom": r.initial_energy_per_atom})
-            samples.append(relaxed)
-        crystals.append({**c, "samples": samples})
+    entries = iter([_relaxed_entry(original, r) for original, r in zip(flat, results, strict=True)])
+    crystals = [{**c, "samples": [next(entries) for _ in c["samples"]]} for c in crystals_in]
+    generated = list(entries) if gen else []
     statuses = {s: sum(r.status == s for r in results) for s in (CONVERGED, UNCONVERGED, SINGLE_POINT, DIVERGED, FAILED, INVALID)}
     meta = {**preds.meta, "relax": {**potential_info(optimizer), "fmax": fmax, "steps": steps, "symprec": symprec, "pressure_GPa": pressure,
                                     "energy": "enthalpy (E + PV)/N" if pressure else "E/N", "seconds": round(seconds, 1),
                                     "seconds_per_relaxation": round(sum(r.seconds for r in results) / max(len(results), 1), 3),
                                     "statuses": statuses}}
-    return Predictions(preds.task, preds.dataset, preds.split, preds.num_samples, meta=meta, crystals=crystals)
+    if limit is not None:
+        meta["limit"] = limit
+    return Predictions(preds.task, preds.dataset, preds.split, preds.num_samples, meta=meta, crystals=crystals,
+                       generated=generated)
 
 
 def top1_by_energy(preds: Predictions, initial: bool = False) -> Predictions:
