@@ -37,8 +37,8 @@ from tqdm.auto import tqdm
 from diffcsp.parallel import run_in_pool, run_inline, worker_count
 from diffcsp.predictions import Predictions, dict_to_structure, structure_to_dict
 
-#: Statuses of a relaxation. Only ``converged`` and ``unconverged`` (ran out of steps, but the
-#: energy is finite) carry an energy that may be ranked.
+#: Statuses of a relaxation. Only ``converged``, ``unconverged`` (ran out of steps, but the
+#: energy is finite) and ``single_point`` (``steps=0``) carry an energy that may be ranked.
 CONVERGED, UNCONVERGED, DIVERGED, FAILED, INVALID = "converged", "unconverged", "diverged", "failed", "invalid"
 #: ``steps=0``: the energy of the structure as given, nothing moved (ranking unrelaxed samples).
 SINGLE_POINT = "single_point"
@@ -266,8 +266,8 @@ def relax_structures(structures: Sequence[Structure | dict[str, Any] | None], fm
     (forkserver/spawn) processes, each loading the potential once. ``symprec``: relax within the
     space group found at this tolerance, ``pressure`` in GPa (see :func:`relax_one`). ``steps=0``
     computes single-point energies only (status ``single_point``; a structure already below
-    ``fmax`` is ``converged``): ranking unrelaxed samples this way was the better pick on both
-    benchmarks (BENCHMARKS.md, "Relax and rank").
+    ``fmax`` is ``converged``), for ranking samples as sampled; it beat the relaxed ranking on both
+    benchmarks, but not always the first sample (BENCHMARKS.md, "Relax and rank").
     """
     if fmax <= 0 or steps < 0:
         raise ValueError(f"fmax must be > 0 and steps ≥ 0 (got fmax={fmax}, steps={steps})")
