@@ -143,7 +143,8 @@ def test_killed_resumed_and_extended_run_equals_uninterrupted_run(run_dir: Path,
 
 @pytest.mark.parametrize("extra", [["--hidden", "64"], ["--lr", "0.01"], ["--limit", "8"], ["--seed", "1"],
                                    ["--dataset", "carbon_24"], ["--preset", "paper"], ["--task", "gen"],
-                                   ["--data-dir", "elsewhere"], ["--batch-size", "2", "--num-layers", "3"]])
+                                   ["--data-dir", "elsewhere"], ["--batch-size", "2", "--num-layers", "3"],
+                                   ["--init-from", "carbon_24"]])
 def test_resume_refuses_options_it_would_ignore(run_dir: Path, extra: list[str]):
     before = (run_dir / "config.json").read_text()
     res = CliRunner().invoke(app, ["train", "--resume", str(run_dir), *extra])
@@ -153,6 +154,31 @@ def test_resume_refuses_options_it_would_ignore(run_dir: Path, extra: list[str])
     for option in extra[::2]:
         assert option in lines[0]
     assert (run_dir / "config.json").read_text() == before
+
+
+def test_init_from_starts_from_the_given_weights(run_dir: Path, tmp_path: Path, datasets_dir):
+    """Fine-tuning with a learning rate too small to move anything ends with the source's weights
+    (a random initialisation would be far from them), on the source's network settings."""
+    run = tmp_path / "ft"
+    res = cli("train", "--data-dir", str(datasets_dir), "--dataset", "perov_5", "--limit", "8", "--batch-size", "4",
+              "--epochs", "1", "--lr", "1e-12", "--ema-decay", "0", "--init-from", str(run_dir), "--out", str(run),
+              "--quiet", "--threads", "1")
+    assert res.returncode == 0, res.stderr[-2000:]
+    source = load_model(run_dir)
+    tuned = {k.removeprefix("model."): v for k, v in state_dict(run / "checkpoints" / "last.ckpt").items()}
+    assert_same_weights(tuned, source.state_dict())
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["init_from"] == str(run_dir)
+    assert {k: saved["model"][k] for k in ("hidden", "num_layers", "num_freqs")} == \
+        {k: getattr(source.config, k) for k in ("hidden", "num_layers", "num_freqs")}
+
+
+def test_init_from_another_network_is_a_clear_error(run_dir: Path, tmp_path: Path, datasets_dir):
+    res = CliRunner().invoke(app, ["train", "--data-dir", str(datasets_dir), "--dataset", "perov_5", "--limit", "8",
+                                   "--init-from", str(run_dir), "--hidden", "64", "--out", str(tmp_path / "ft")])
+    assert res.exit_code == 1 and res.output.startswith("error:") and "Traceback" not in res.output, res.output
+    assert "hidden 16 (--init-from) vs 64" in res.output
+    assert not (tmp_path / "ft").exists(), "nothing may be written before the check"
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path: Path):

@@ -159,6 +159,7 @@ def train_cmd(
     num_nodes: Annotated[Optional[int], typer.Option("--num-nodes", help="Number of nodes for multi-node DDP. Default: 1.")] = None,
     threads: Threads = None,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this directory from its last checkpoint.")] = None,
+    init_from: Annotated[Optional[str], typer.Option("--init-from", help="Fine-tune: start from this model's weights (run dir, .ckpt, exported model or bundled name) with a fresh optimiser, schedule and EMA; the network settings default to its own.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Train a DiffCSP model; the run directory gets config, protocol, checkpoints, metrics and a plot."""
@@ -173,7 +174,7 @@ def train_cmd(
             given = {"--dataset": dataset, "--out": out, "--preset": preset, "--task": task, "--data-dir": data_dir,
                      "--batch-size": batch_size, "--lr": lr, "--ema-decay": ema_decay, "--lr-schedule": lr_schedule,
                      "--precision": precision, "--seed": seed, "--limit": limit, "--hidden": hidden,
-                     "--num-layers": num_layers, "--num-freqs": num_freqs, "--variant": variant}
+                     "--num-layers": num_layers, "--num-freqs": num_freqs, "--variant": variant, "--init-from": init_from}
             ignored = [name for name, value in given.items() if value is not None]
             if ignored:
                 raise ValueError(f"--resume continues the run with its saved settings; drop {', '.join(ignored)} "
@@ -197,10 +198,17 @@ def train_cmd(
             if dataset is None or out is None:
                 raise ValueError("--dataset and --out are required (or --resume RUN_DIR)")
             model = {k: v for k, v in {"hidden": hidden, "num_layers": num_layers, "num_freqs": num_freqs, "variant": variant}.items() if v}
+            if init_from:  # the network of the model fine-tuned, unless overridden (then train() says what differs)
+                from diffcsp.checkpoint import load_model
+                from diffcsp.training import NETWORK_SETTINGS
+
+                source = load_model(init_from, task=task or "csp").config.to_dict()
+                model = {**{k: source[k] for k in NETWORK_SETTINGS if k not in ("task", "timesteps", "sigma_begin",
+                                                                                   "sigma_end")}, **model}
             cfg = TrainConfig.from_preset(dataset, str(out), preset=preset or "cpu", task=task or "csp",
                                           data_dir=str(data_dir) if data_dir else None, model=model,
                                           epochs=epochs, batch_size=batch_size, lr=lr, ema_decay=ema_decay, lr_schedule=lr_schedule, precision=precision, seed=seed, limit=limit,
-                                          accelerator=accelerator, devices=devices, num_nodes=num_nodes)
+                                          init_from=init_from, accelerator=accelerator, devices=devices, num_nodes=num_nodes)
             run = train(cfg, progress=not quiet)
         if is_global_zero():
             typer.echo(f"run finished: {run}  (best model exported to {run / 'model'})")

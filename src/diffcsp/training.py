@@ -92,6 +92,9 @@ class TrainConfig:
     devices: str = "auto"
     num_nodes: int = 1
     model: dict[str, Any] = field(default_factory=dict)
+    #: start from these weights (a run, exported model, checkpoint or bundled model name) instead
+    #: of a random initialisation; optimiser, schedule and EMA start afresh (fine-tuning)
+    init_from: str | None = None
 
     @classmethod
     def from_preset(cls, dataset: str, out: str, preset: str = "cpu", task: str = "csp", **overrides: Any) -> TrainConfig:
@@ -416,6 +419,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
             raise TrainingError(f"{run_dir}: nothing to resume (no checkpoints/last.ckpt)")
     elif last.is_file():
         raise TrainingError(f"{run_dir} already holds a run; use --resume to continue it or choose another --out")
+    # checked before anything is written; a resumed run's checkpoint already holds the fine-tuned weights
+    start_weights = initial_weights(cfg) if cfg.init_from and not resume else None
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     train_table, val_table, protocol = resolve_protocol(cfg, progress=progress)
     if not resume:
@@ -434,6 +439,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
 
     module = DiffCSPModule(cfg.model, lr=cfg.lr, lr_factor=cfg.lr_factor, lr_patience=cfg.lr_patience, min_lr=cfg.min_lr,
                            ema_decay=cfg.ema_decay, lr_schedule=cfg.lr_schedule)
+    if start_weights is not None:
+        module.model.load_state_dict(start_weights, strict=True)
+        if module.ema_model is not None:
+            module.ema_model.load_state_dict(start_weights, strict=True)
     callbacks = [
         MetricsLog(run_dir),
         ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_loss", mode="min", save_top_k=1,
@@ -469,6 +478,27 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     if rows:
         plot_training_curve(run_dir / "metrics.csv", run_dir / "training_curve.png")
     return run_dir
+
+
+#: Model settings that decide the network's weights or their meaning; a fine-tuning run must
+#: share them with the model it starts from. (Data-derived settings — atom-count histogram,
+#: elements, lattice bound — come from the new training set.)
+NETWORK_SETTINGS = ("task", "hidden", "num_layers", "num_freqs", "time_dim", "timesteps", "sigma_begin", "sigma_end",
+                    "variant")
+
+
+def initial_weights(cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    """The weights of ``cfg.init_from``, after checking that its network is the one ``cfg`` trains."""
+    from diffcsp.checkpoint import load_model
+
+    start = load_model(cfg.init_from, task=cfg.task)
+    own = ModelConfig.from_dict(cfg.model).to_dict()
+    theirs = start.config.to_dict()
+    differ = [f"{k} {theirs[k]!r} (--init-from) vs {own[k]!r}" for k in NETWORK_SETTINGS if own[k] != theirs[k]]
+    if differ:
+        raise TrainingError(f"--init-from {cfg.init_from}: the model to start from has other network settings: "
+                            f"{'; '.join(differ)}")
+    return start.state_dict()
 
 
 def _lightning_precision(cfg: TrainConfig) -> str:
