@@ -17,10 +17,19 @@ stol 0.5 / angle_tol 10 / ltol 0.3), and
 - expected k-sample match rate = mean of 1 − (1 − p)^k (k independent draws).
 
 The candidates are the crystals our models train on: the official validation split minus the
-held-out rows of the run given with ``--run`` (all of it without ``--run``). A training crystal
+held-out rows of the run given with ``--run`` (all of it without ``--run``), or the split named by
+``--train-split`` (``train`` for mp_20_mini). A training crystal
 that matches a test crystal with a small RMSE is a near-duplicate of it; the script also
 reports how many test crystals have one (RMSE < 0.1), which is what lets a memorising model
 score a precise match.
+
+With ``--samples PREDICTIONS`` it measures instead how close a model is to that memoriser: the
+first sample of each of the first N crystals is compared with every training crystal of its
+composition, and the report gives how many samples are a near-duplicate (RMSE < 0.1) of some
+training crystal and the distribution of the distance to the nearest one:
+
+    python bench/retrieval_baseline.py --samples bench/results/carbon_24/k1_all_fast.json.gz \
+        --limit 100 --run runs/carbon_24_cpu --json bench/results/carbon_24/nearest_train_k1_first100.json
 """
 
 from __future__ import annotations
@@ -50,20 +59,46 @@ def candidates_by_composition(table, exclude: set[str]) -> dict[str, list[int]]:
     return groups
 
 
+def rmse_to_candidates(structure, groups, train_structures, matcher) -> list[float | None]:
+    """RMSE of ``structure`` against every training crystal of its composition (None: no match)."""
+    return [rms_distance(train_structures[i], structure, matcher) for i in groups.get(structure.composition.formula, [])]
+
+
+def nearest_training(predictions: Path, limit: int, groups, train_structures, matcher) -> dict:
+    """How far a model's first samples are from the nearest training crystal."""
+    from diffcsp.predictions import Predictions, dict_to_structure
+
+    crystals = Predictions.load(predictions).crystals[:limit]
+    nearest = []
+    for c in tqdm(crystals, desc="samples", unit="sample"):
+        matched = [r for r in rmse_to_candidates(dict_to_structure(c["samples"][0]), groups, train_structures, matcher)
+                   if r is not None]
+        nearest.append(min(matched) if matched else None)
+    found = [r for r in nearest if r is not None]
+    return {"predictions": str(predictions), "samples": len(nearest),
+            "match_some_training_crystal": len(found) / len(nearest),
+            "near_duplicate_of_a_training_crystal_rmse_lt_0.1": sum(r < 0.1 for r in found) / len(nearest),
+            "nearest_rmse_quartiles": [float(q) for q in np.quantile(found, [0.25, 0.5, 0.75])] if found else None,
+            "nearest_rmse": nearest}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="carbon_24")
     ap.add_argument("--limit", type=int, default=200, help="first N test crystals")
+    ap.add_argument("--train-split", default="val", help="split the models train on (val under the val→test "
+                    "protocol; train where the dataset has one, e.g. mp_20_mini)")
     ap.add_argument("--run", type=Path, help="training run whose held-out validation rows are excluded")
     ap.add_argument("--k", type=int, default=20, help="also report the expected match rate of k draws")
     ap.add_argument("--model-csv", type=Path, action="append", default=[],
                     help="per-crystal CSV of `diffcsp evaluate` to put the model's numbers beside (repeatable)")
+    ap.add_argument("--samples", type=Path, help="predictions file: measure its samples' distance to the training set")
     ap.add_argument("--data-dir", type=Path, default=None)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
     t0 = time.time()
-    train = load_split(args.dataset, "val", data_dir=args.data_dir)
+    train = load_split(args.dataset, args.train_split, data_dir=args.data_dir)
     test = load_split(args.dataset, "test", data_dir=args.data_dir)
     exclude: set[str] = set()
     if args.run is not None:
@@ -71,13 +106,20 @@ def main() -> None:
     groups = candidates_by_composition(train, exclude)
     train_structures = {i: train.record(i).to_structure() for g in groups.values() for i in g}
     matcher = make_matcher()
+    if args.samples is not None:
+        result = nearest_training(args.samples, args.limit, groups, train_structures, matcher)
+        result["seconds"] = round(time.time() - t0, 1)
+        print(json.dumps({k: v for k, v in result.items() if k != "nearest_rmse"}, indent=2))
+        if args.json:
+            write_text(args.json, json.dumps(result, indent=1) + "\n")
+        return
 
     per_crystal = []
     n_test = min(args.limit, len(test))
     for t in tqdm(range(n_test), desc="test crystals", unit="crystal"):
         gt = test.record(t).to_structure()
         cands = groups.get(gt.composition.formula, [])
-        rmses = [rms_distance(train_structures[i], gt, matcher) for i in cands]
+        rmses = rmse_to_candidates(gt, groups, train_structures, matcher)
         matched = [r for r in rmses if r is not None]
         per_crystal.append({"id": test.record(t).id, "formula": gt.composition.formula, "candidates": len(cands),
                             "matched": len(matched), "rmse": matched})
@@ -89,7 +131,7 @@ def main() -> None:
     summary = {
         "dataset": args.dataset,
         "test_crystals": n_test,
-        "candidates": "official val split" + (f" minus the {len(exclude)} rows held out by {args.run}" if exclude else ""),
+        "candidates": f"{args.train_split} split" + (f" minus the {len(exclude)} rows held out by {args.run}" if exclude else ""),
         "candidate_count": sum(len(g) for g in groups.values()),
         "pairs_compared": int(sum(c["candidates"] for c in per_crystal)),
         "expected_match_rate_k1": float(p.mean()),
