@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import csv
 import json
 import time
 from pathlib import Path
@@ -48,31 +49,30 @@ from diffcsp.fileio import write_text
 from diffcsp.metrics import make_matcher, rms_distance
 
 
-def candidates_by_composition(table, exclude: set[str]) -> dict[str, list[int]]:
-    """Training rows grouped by their composition (formula with the atom count, e.g. C12)."""
-    groups: dict[str, list[int]] = collections.defaultdict(list)
+def candidates_by_composition(table, exclude: set[str]) -> dict[str, list]:
+    """Training crystals (Structures) grouped by their composition (formula with the atom count, e.g. C12)."""
+    groups: dict[str, list] = collections.defaultdict(list)
     for i in range(len(table)):
         rec = table.record(i)
-        if rec.id in exclude:
-            continue
-        groups[rec.to_structure().composition.formula].append(i)
+        if rec.id not in exclude:
+            structure = rec.to_structure()
+            groups[structure.composition.formula].append(structure)
     return groups
 
 
-def rmse_to_candidates(structure, groups, train_structures, matcher) -> list[float | None]:
+def rmse_to_candidates(structure, groups, matcher) -> list[float | None]:
     """RMSE of ``structure`` against every training crystal of its composition (None: no match)."""
-    return [rms_distance(train_structures[i], structure, matcher) for i in groups.get(structure.composition.formula, [])]
+    return [rms_distance(candidate, structure, matcher) for candidate in groups.get(structure.composition.formula, [])]
 
 
-def nearest_training(predictions: Path, limit: int, groups, train_structures, matcher) -> dict:
+def nearest_training(predictions: Path, limit: int, groups, matcher) -> dict:
     """How far a model's first samples are from the nearest training crystal."""
     from diffcsp.predictions import Predictions, dict_to_structure
 
     crystals = Predictions.load(predictions).crystals[:limit]
     nearest = []
     for c in tqdm(crystals, desc="samples", unit="sample"):
-        matched = [r for r in rmse_to_candidates(dict_to_structure(c["samples"][0]), groups, train_structures, matcher)
-                   if r is not None]
+        matched = [r for r in rmse_to_candidates(dict_to_structure(c["samples"][0]), groups, matcher) if r is not None]
         nearest.append(min(matched) if matched else None)
     found = [r for r in nearest if r is not None]
     return {"predictions": str(predictions), "samples": len(nearest),
@@ -99,29 +99,27 @@ def main() -> None:
 
     t0 = time.time()
     train = load_split(args.dataset, args.train_split, data_dir=args.data_dir)
-    test = load_split(args.dataset, "test", data_dir=args.data_dir)
     exclude: set[str] = set()
     if args.run is not None:
         exclude = set(json.loads((args.run / "protocol.json").read_text()).get("held_out_ids", []))
     groups = candidates_by_composition(train, exclude)
-    train_structures = {i: train.record(i).to_structure() for g in groups.values() for i in g}
     matcher = make_matcher()
     if args.samples is not None:
-        result = nearest_training(args.samples, args.limit, groups, train_structures, matcher)
+        result = nearest_training(args.samples, args.limit, groups, matcher)
         result["seconds"] = round(time.time() - t0, 1)
         print(json.dumps({k: v for k, v in result.items() if k != "nearest_rmse"}, indent=2))
         if args.json:
             write_text(args.json, json.dumps(result, indent=1) + "\n")
         return
 
+    test = load_split(args.dataset, "test", data_dir=args.data_dir)
     per_crystal = []
     n_test = min(args.limit, len(test))
     for t in tqdm(range(n_test), desc="test crystals", unit="crystal"):
         gt = test.record(t).to_structure()
-        cands = groups.get(gt.composition.formula, [])
-        rmses = rmse_to_candidates(gt, groups, train_structures, matcher)
+        rmses = rmse_to_candidates(gt, groups, matcher)
         matched = [r for r in rmses if r is not None]
-        per_crystal.append({"id": test.record(t).id, "formula": gt.composition.formula, "candidates": len(cands),
+        per_crystal.append({"id": test.record(t).id, "formula": gt.composition.formula, "candidates": len(rmses),
                             "matched": len(matched), "rmse": matched})
 
     p = np.array([c["matched"] / c["candidates"] if c["candidates"] else 0.0 for c in per_crystal])
@@ -145,8 +143,6 @@ def main() -> None:
     }
     ids = {c["id"] for c in per_crystal}
     for path in args.model_csv:  # the model's scores on the same test crystals
-        import csv
-
         rows = [r for r in csv.DictReader(path.open()) if r["id"] in ids]
         k1 = [float(r["rmse_k1"]) for r in rows if r["matched_k1"] == "True"]
         summary[f"model:{path.name}"] = {"crystals": len(rows), "match_rate_k1": len(k1) / len(rows) if rows else None,

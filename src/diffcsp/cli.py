@@ -198,13 +198,6 @@ def train_cmd(
             if dataset is None or out is None:
                 raise ValueError("--dataset and --out are required (or --resume RUN_DIR)")
             model = {k: v for k, v in {"hidden": hidden, "num_layers": num_layers, "num_freqs": num_freqs, "variant": variant}.items() if v}
-            if init_from:  # the network of the model fine-tuned, unless overridden (then train() says what differs)
-                from diffcsp.checkpoint import load_model
-                from diffcsp.training import NETWORK_SETTINGS
-
-                source = load_model(init_from, task=task or "csp").config.to_dict()
-                model = {**{k: source[k] for k in NETWORK_SETTINGS if k not in ("task", "timesteps", "sigma_begin",
-                                                                                   "sigma_end")}, **model}
             cfg = TrainConfig.from_preset(dataset, str(out), preset=preset or "cpu", task=task or "csp",
                                           data_dir=str(data_dir) if data_dir else None, model=model,
                                           epochs=epochs, batch_size=batch_size, lr=lr, ema_decay=ema_decay, lr_schedule=lr_schedule, precision=precision, seed=seed, limit=limit,

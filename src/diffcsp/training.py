@@ -59,6 +59,12 @@ CPU_SCHEDULE_GEN = {"perov_5": (300, 256), "carbon_24": (300, 128), "mp_20": (20
 CPU_MODEL = {"hidden": 128, "num_layers": 4, "num_freqs": 32, "time_dim": 64}
 PAPER_MODEL = {"hidden": 512, "num_layers": 6, "num_freqs": 128, "time_dim": 256}
 
+#: Model settings that decide the network's weights or their meaning; a fine-tuning run must
+#: share them with the model it starts from. (Data-derived settings — atom-count histogram,
+#: elements, lattice bound — come from the new training set.)
+NETWORK_SETTINGS = ("task", "hidden", "num_layers", "num_freqs", "time_dim", "timesteps", "sigma_begin", "sigma_end",
+                    "variant")
+
 
 @dataclass
 class TrainConfig:
@@ -106,6 +112,11 @@ class TrainConfig:
         else:
             epochs, batch = (CPU_SCHEDULE_GEN if task == "gen" else CPU_SCHEDULE)[dataset]
         model = dict(CPU_MODEL if preset == "cpu" else PAPER_MODEL, task=task, dataset=dataset, max_atoms=info.max_atoms)
+        if overrides.get("init_from"):  # fine-tuning: the network of the model it starts from, unless overridden
+            from diffcsp.checkpoint import load_model
+
+            source = load_model(overrides["init_from"], task=task).config.to_dict()
+            model.update({k: source[k] for k in NETWORK_SETTINGS if k != "task"})
         model.update(overrides.pop("model", {}) or {})
         cfg = cls(dataset=dataset, out=str(out), task=task, preset=preset, epochs=epochs, batch_size=batch, model=model)
         for key, value in overrides.items():
@@ -478,13 +489,6 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     if rows:
         plot_training_curve(run_dir / "metrics.csv", run_dir / "training_curve.png")
     return run_dir
-
-
-#: Model settings that decide the network's weights or their meaning; a fine-tuning run must
-#: share them with the model it starts from. (Data-derived settings — atom-count histogram,
-#: elements, lattice bound — come from the new training set.)
-NETWORK_SETTINGS = ("task", "hidden", "num_layers", "num_freqs", "time_dim", "timesteps", "sigma_begin", "sigma_end",
-                    "variant")
 
 
 def initial_weights(cfg: TrainConfig) -> dict[str, torch.Tensor]:
