@@ -16,6 +16,7 @@ or not they match.
 
 ``--bond-window 1.38,1.58`` also prints the share of atoms whose nearest neighbour lies in that
 window (Carbon-24's sp²/sp³ C–C bonds), for the generated set and the reference.
+The distinct-element fractions of both sets are always printed.
 """
 
 from __future__ import annotations
@@ -133,6 +134,10 @@ def main() -> None:
     gen, ref = properties(valid), properties(reference)
     plot(gen, ref, title, args.out, *labels)
     print(f"wrote {args.out}")
+    # the discrete panel as numbers too: W(#elements) is read off these fractions
+    fractions = {name: {int(n): round(float(np.mean(p["elements"] == n)), 4) for n in np.unique(p["elements"])}
+                 for name, p in zip(labels, (gen, ref))}
+    print(json.dumps({"distinct_elements_per_cell": fractions}))
     if args.bond_window:
         window = parse_window(args.bond_window)
         share = {name: share_in_window(p["nn"], window) for name, p in zip(labels, (gen, ref))}
