@@ -40,6 +40,7 @@ def _command(config: dict, run: Path) -> str:
     """The `diffcsp train` command that reproduces the run (flags only where they differ from the defaults)."""
     cmd = f"diffcsp train --dataset {config['dataset']} --preset {config['preset']}"
     cmd += " --task gen" if config.get("task") == "gen" else ""
+    cmd += f" --init-from {config['init_from']}" if config.get("init_from") else ""
     for flag, key in (("--epochs", "epochs"), ("--batch-size", "batch_size"), ("--lr", "lr"), ("--lr-schedule", "lr_schedule"),
                       ("--ema-decay", "ema_decay"), ("--precision", "precision")):
         if config.get(key) not in (None, "plateau", "fp32", 0, 0.0):
@@ -93,7 +94,11 @@ def main() -> None:
         f"- Optimiser: {_optimiser(config)}; batch {config['batch_size']}, {meta.get('epochs')} epochs, seed {config['seed']}.",
         f"- Training time: {meta.get('train_seconds')} s of epoch time on a 2-core CPU (no GPU); best validation loss "
         f"{meta.get('best_val_loss'):.4f}.",
-        f"- Command: `{_command(config, run)}`", "",
+        f"- Command: `{_command(config, run)}`",
+        *([f"- Fine-tuned: the run started from the weights of `{config['init_from']}` (fresh optimiser, schedule "
+           "and EMA); the epochs and time above are this stage's only, the notes below describe the first."]
+          if config.get("init_from") else []),
+        "",
         "## Metrics (`diffcsp evaluate`; protocol: docs/method.md §Evaluation)", "",
     ]
     csp = [m for m in metrics if m.get("task", "csp") == "csp"]
