@@ -14,8 +14,8 @@ noise level does the network bring a crystal back to itself, and how precisely? 
 recovers its ground truths precisely from moderate noise, but whose samples from pure noise are
 imprecise, loses precision at high noise, where the structure is chosen.
 
-    python bench/redenoise.py --model carbon_24_cpu --dataset carbon_24 --limit 300 --tstar 20,100,300
-    python bench/redenoise.py --model carbon_24_cpu --dataset carbon_24 --limit 100 --start ground-truth \
+    python bench/redenoise.py --model runs/carbon_24_cpu --dataset carbon_24 --limit 300 --tstar 20,100,300
+    python bench/redenoise.py --model runs/carbon_24_cpu --dataset carbon_24 --limit 100 --start ground-truth \
         --tstar 100,400,550,700,850
 """
 

@@ -226,13 +226,13 @@ def test_every_shipped_model_records_a_matching_hash():
 
 
 def test_bundled_models_by_folder_or_dataset_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """`--model carbon_24` and `--model carbon_24_cpu` name the same shipped model; a real path wins."""
+    """`--model carbon_24` and `--model carbon_24_wide` name the same shipped model; a real path wins."""
     carbon = load_model("carbon_24")
     assert carbon.config.dataset == "carbon_24" and carbon.config.elements == [6]
-    assert same_weights(carbon, load_model("carbon_24_cpu"))
+    assert same_weights(carbon, load_model("carbon_24_wide"))
     assert load_model("perov_5").config.dataset == "perov_5"
     assert ckpt.model_meta("carbon_24")["suited_for"].startswith("pure-carbon")
-    with pytest.raises(CheckpointError, match="nor a bundled csp model: carbon_24_cpu"):
+    with pytest.raises(CheckpointError, match="nor a bundled csp model: carbon_24_wide"):
         load_model("mp_20")
     # a dataset name picks the bundled model of the task asked for; no task-less default crosses over
     assert load_model("perov_5").is_gen is False

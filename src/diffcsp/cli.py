@@ -208,7 +208,7 @@ def train_cmd(
 
 
 # -- prediction -------------------------------------------------------------------------------
-Checkpoint = Annotated[Optional[Path], typer.Option("--checkpoint", "-c", "--model", "-m", help="Model: a run dir, .ckpt or exported model dir, or a bundled model: 'perov_5' (default; ABX3 perovskites, 5-atom cells) or 'carbon_24' (pure carbon, 6-24 atoms), also by folder name (perov_5_wide, carbon_24_cpu).")]
+Checkpoint = Annotated[Optional[Path], typer.Option("--checkpoint", "-c", "--model", "-m", help="Model: a run dir, .ckpt or exported model dir, or a bundled model: 'perov_5' (default; ABX3 perovskites, 5-atom cells) or 'carbon_24' (pure carbon, 6-24 atoms), also by folder name (perov_5_wide, carbon_24_wide).")]
 
 
 Fmax = Annotated[float, typer.Option("--fmax", help="Relaxation converges when every force (and cell force) is below this, eV/Å.")]

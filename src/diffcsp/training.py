@@ -48,9 +48,9 @@ PAPER_SCHEDULE = {"perov_5": (3000, 1024), "carbon_24": (4000, 256), "mp_20": (1
                   "mpts_52": (1000, 64), "mp_20_mini": (1000, 256)}
 #: CPU preset: a 4-layer, 128-wide CSPNet with 32 Fourier frequencies (~0.56 M parameters instead
 #: of ~12 M). One Perov-5 epoch (3.4 k crystals, batch 256 → 14 optimiser steps) takes 3–5 s on
-#: one core of this class of machine, so 600 epochs (~8.4 k steps) fit in about an hour; the
-#: bundled Carbon-24 model was trained so (the bundled Perov-5 model is this preset widened with
-#: --hidden 256 --num-layers 6 --num-freqs 128). Carbon-24 epochs cost ~2× (larger cells): 300 epochs.
+#: one core of this class of machine, so 600 epochs (~8.4 k steps) fit in about an hour (the
+#: bundled Perov-5 and Carbon-24 models are this preset widened with --hidden 256 --num-layers 6
+#: --num-freqs 128). Carbon-24 epochs cost ~2× (larger cells): 300 epochs.
 CPU_SCHEDULE = {"perov_5": (600, 256), "carbon_24": (300, 128), "mp_20": (200, 256),
                 "mpts_52": (100, 64), "mp_20_mini": (400, 128)}
 #: Generation (types diffused too); its CPU budget per dataset.
