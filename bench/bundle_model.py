@@ -96,7 +96,7 @@ def main() -> None:
         f"{meta.get('best_val_loss'):.4f}.",
         f"- Command: `{_command(config, run)}`",
         *([f"- Fine-tuned: the run started from the weights of `{config['init_from']}` (fresh optimiser, schedule "
-           "and EMA); the epochs and time above are this stage's only, the notes below describe the first."]
+           "and EMA); the epochs and time above are this stage's only, the notes below describe the earlier stages."]
           if config.get("init_from") else []),
         "",
         "## Metrics (`diffcsp evaluate`; protocol: docs/method.md §Evaluation)", "",
