@@ -238,8 +238,11 @@ def test_bundled_models_by_folder_or_dataset_name(tmp_path: Path, monkeypatch: p
     assert load_model("perov_5").is_gen is False
     gen = load_model("perov_5", task="gen")
     assert gen.is_gen and same_weights(gen, load_model("perov_5_gen")) and same_weights(gen, load_model(task="gen"))
+    carbon_gen = load_model("carbon_24", task="gen")
+    assert carbon_gen.is_gen and carbon_gen.config.dataset == "carbon_24"
+    assert same_weights(carbon_gen, load_model("carbon_24_gen")) and not same_weights(carbon_gen, carbon)
     with pytest.raises(CheckpointError, match="nor a bundled gen model"):
-        load_model("carbon_24", task="gen")
+        load_model("mp_20", task="gen")
     monkeypatch.chdir(tmp_path)  # a folder called carbon_24 in the working directory is taken as a path
     (tmp_path / "carbon_24").mkdir()
     with pytest.raises(CheckpointError, match="no model.safetensors"):

@@ -252,7 +252,7 @@ def resolve_model_path(path: str | Path | None, task: str = "csp") -> Path:
     by_dataset = [info["path"] for info in bundled.values() if info["dataset"] == name and info["task"] == task]
     if len(by_dataset) == 1:
         return by_dataset[0]
-    names = ", ".join(f"{n} ({info['dataset']}, {info['task']})" for n, info in bundled.items())
+    names = ", ".join(f"{n} ({info['dataset']})" for n, info in bundled.items() if info["task"] == task)
     raise CheckpointError(f"checkpoint not found: {path} (not a file or folder, nor a bundled {task} model: {names})")
 
 

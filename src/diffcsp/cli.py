@@ -357,7 +357,7 @@ def sample_cmd(
 
 @app.command("generate")
 def generate_cmd(
-    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", "-c", "--model", "-m", help="Generation model (trained with --task gen): a run dir, .ckpt or exported model dir, or the bundled 'perov_5' generation model (default; folder name perov_5_gen).", show_default=False)] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", "-c", "--model", "-m", help="Generation model (trained with --task gen): a run dir, .ckpt or exported model dir, or a bundled generation model: 'perov_5' (default; five-atom ABX3-type cells; folder name perov_5_gen) or 'carbon_24' (pure carbon, 6-24 atoms; folder name carbon_24_gen).", show_default=False)] = None,
     n: Annotated[int, typer.Option("-n", "--num", help="Number of crystals to generate.")] = 100,
     out: Annotated[Path, typer.Option("--out", help="Folder for CIFs and generated.json.gz.")] = Path("generated"),
     steps: Steps = None,
