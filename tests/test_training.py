@@ -29,7 +29,7 @@ from diffcsp.cli import app
 from diffcsp.errors import CheckpointError
 from diffcsp.model import ModelConfig
 from diffcsp.registry import get_dataset
-from diffcsp.training import TrainConfig
+from diffcsp.training import TrainConfig, checkpoint_callbacks
 
 #: Network of the checkpoint tests: small, but not degenerate.
 TINY = ["--hidden", "32", "--num-layers", "2", "--num-freqs", "8", "--quiet", "--threads", "1"]
@@ -139,6 +139,35 @@ def test_killed_resumed_and_extended_run_equals_uninterrupted_run(run_dir: Path,
     assert_same_weights(state_dict(run / "checkpoints" / "last.ckpt"), state_dict(run_dir / "checkpoints" / "last.ckpt"))
     assert_same_weights(load_file(run / "model" / "model.safetensors"), load_file(run_dir / "model" / "model.safetensors"))
     assert not list(run.rglob("*.tmp")), "temporary files left behind"
+
+
+def test_last_checkpoint_is_written_every_epoch_even_when_validation_gets_worse(tmp_path: Path):
+    """A killed run resumes from last.ckpt, so it must hold the latest epoch, not the best one.
+    Here the validation loss rises every epoch: best.ckpt stays at epoch 0, last.ckpt follows."""
+    import lightning as L
+
+    class Rising(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def training_step(self, batch, batch_idx):
+            return (self.w - batch[0]).pow(2).mean()
+
+        def validation_step(self, batch, batch_idx):
+            self.log("val_loss", float(self.current_epoch))
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(4, 1)), batch_size=2)
+    ckpt_dir = tmp_path / "checkpoints"
+    trainer = L.Trainer(max_epochs=3, callbacks=checkpoint_callbacks(ckpt_dir), logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(Rising(), loader, loader)
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert torch.load(ckpt_dir / "best.ckpt", weights_only=False)["epoch"] == 0
+    assert torch.load(ckpt_dir / "last.ckpt", weights_only=False)["epoch"] == 2
 
 
 @pytest.mark.parametrize("extra", [["--hidden", "64"], ["--lr", "0.01"], ["--limit", "8"], ["--seed", "1"],

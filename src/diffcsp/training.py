@@ -417,6 +417,19 @@ def plot_training_curve(metrics_csv: Path, out_png: Path) -> Path:
 
 
 # -- entry points ----------------------------------------------------------------------------
+def checkpoint_callbacks(ckpt_dir: Path) -> list[ModelCheckpoint]:
+    """``best.ckpt`` (lowest validation loss) and ``last.ckpt`` (the end of every epoch).
+
+    Two callbacks, not one with ``save_last=True``: since Lightning 2.2 that writes last.ckpt
+    only when a best checkpoint is written too, so once the validation loss stops improving a
+    killed run would resume from its best epoch and redo every epoch after it.
+    """
+    return [ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_loss", mode="min", save_top_k=1,
+                            enable_version_counter=False),
+            ModelCheckpoint(dirpath=ckpt_dir, filename="last", every_n_epochs=1, save_top_k=1,
+                            enable_version_counter=False)]
+
+
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
     """Train (or resume) a run; returns the run directory. Exports the best model at the end."""
     if cfg.lr_schedule not in ("plateau", "cosine"):
@@ -456,8 +469,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
             module.ema_model.load_state_dict(start_weights, strict=True)
     callbacks = [
         MetricsLog(run_dir),
-        ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_loss", mode="min", save_top_k=1,
-                        save_last=True, enable_version_counter=False),
+        *checkpoint_callbacks(ckpt_dir),
     ]
     if os.environ.get("DIFFCSP_LOG_BATCH_IDS"):
         callbacks.append(BatchIdLog(Path(os.environ["DIFFCSP_LOG_BATCH_IDS"]), train_table.ids))
