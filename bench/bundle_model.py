@@ -59,6 +59,15 @@ def _sampler(predictions: Path) -> tuple[str, int | None]:
     return f"{name}, {meta['steps']} steps", meta.get("limit")
 
 
+def _repo_relative(metrics: dict) -> dict:
+    """The metrics with their predictions path relative to the repository (the generation
+    benchmark records absolute ones), so a shipped config names no path of this machine."""
+    path = Path(metrics.get("predictions", ""))
+    if path.is_absolute() and path.is_relative_to(ROOT):
+        metrics["predictions"] = str(path.relative_to(ROOT))
+    return metrics
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", type=Path)
@@ -72,7 +81,7 @@ def main() -> None:
     config = json.loads((run / "config.json").read_text())
     protocol = json.loads((run / "protocol.json").read_text())
     meta = json.loads((run / "model" / "config.json").read_text())["meta"]
-    metrics = [json.loads(p.read_text()) for p in args.metrics]
+    metrics = [_repo_relative(json.loads(p.read_text())) for p in args.metrics]
     model = load_model(run / "model")
     meta.update(suited_for=args.suited_for, protocol_detail={k: protocol[k] for k in ("name", "train", "val", "train_size", "val_size")},
                 metrics=metrics)
@@ -80,7 +89,7 @@ def main() -> None:
     cfg = model.config
     lines = [
         f"# Model card: `{args.name}`", "",
-        f"**Suited for:** {args.suited_for}. Trained on {cfg.dataset} ({len(cfg.elements)} elements, "
+        f"**Suited for:** {args.suited_for}. Trained on {cfg.dataset} ({len(cfg.elements)} element{'s' if len(cfg.elements) != 1 else ''}, "
         f"cells of {', '.join(str(n) for n, c in enumerate(cfg.num_atoms_hist) if c)} atoms); "
         f"at most {cfg.max_atoms} atoms per cell are accepted. Outside that, predictions are unreliable.", "",
         "## Training",
