@@ -68,6 +68,26 @@ def test_generate_and_evaluate(gen_run: Path, tmp_path: Path, datasets_dir):
     assert np.isfinite(summary["wdist_density"]) or summary["valid"] == 0
 
 
+def test_generate_passes_sampler_options(gen_run: Path):
+    """``generate(..., corrector_temperature=κ)`` reaches the sampler: κ scales only the
+    corrector's noise, so without a corrector (step_lr = 0) κ cannot change the crystals, and
+    with one it must."""
+    from diffcsp.predict import generate
+
+    model = load_model(gen_run)
+
+    def lattices(**kw):
+        preds, _ = generate(model, 4, steps=10, seed=3, progress=False, **kw)
+        return preds, np.array([g["lattice"] for g in preds.generated])
+
+    cool, a = lattices(step_lr=0.0, corrector_temperature=0.5)
+    _, b = lattices(step_lr=0.0)
+    assert np.array_equal(a, b) and cool.meta["corrector_temperature"] == 0.5
+    _, c = lattices(corrector_temperature=0.5)
+    _, d = lattices()
+    assert not np.allclose(c, d)
+
+
 def test_wrong_model_kind_is_a_clear_error(gen_run: Path, tmp_path: Path):
     res = cli("predict", "SrTiO3", "--checkpoint", str(gen_run), "--out", str(tmp_path / "p"))
     assert res.returncode == 1 and "generation model" in res.stderr and "Traceback" not in res.stderr
