@@ -37,7 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from csp_benchmark import hardware  # noqa: E402
-from gen_distributions import nearest_neighbour_distances, parse_window  # noqa: E402
+from gen_distributions import nearest_neighbour_distances, parse_window, share_in_window  # noqa: E402
 from sampler_curve import Setting  # noqa: E402
 
 
@@ -88,7 +88,7 @@ def main() -> None:
         nearest = np.concatenate([nearest_neighbour_distances(s) for s in structures])
         row = {"setting": setting.name, "steps": preds.meta["steps"], "step_lr": step_lr, "temperature": setting.temperature,
                "n": args.n, "seconds_per_crystal": preds.meta["seconds_per_crystal_sample"],
-               "bonds_in_window": float(((nearest >= lo) & (nearest <= hi)).mean())}
+               "bonds_in_window": share_in_window(nearest, (lo, hi))}
         for name, ref in references.items():
             m = evaluate_generation(structures, ref, *cutoffs, workers=args.workers, progress=False,
                                     cache_path=reference_cache_path(args.dataset, f"protocol-{name}", len(ref)))

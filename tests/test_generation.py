@@ -88,6 +88,27 @@ def test_generate_passes_sampler_options(gen_run: Path):
     assert not np.allclose(c, d)
 
 
+def test_generate_cli_corrector_temperature(gen_run: Path, tmp_path: Path):
+    """The CLI's κ reaches the library call (same crystals as ``generate(..., corrector_temperature=κ)``
+    and recorded in the file); an out-of-range κ is a one-line error that writes nothing."""
+    from diffcsp.predict import generate
+
+    out = tmp_path / "cool"
+    res = cli("generate", "-c", str(gen_run), "-n", "3", "--steps", "10", "--seed", "5", "--corrector-temperature", "0.6",
+              "--out", str(out), "--no-cif", "--threads", "1")
+    assert res.returncode == 0, res.stderr[-2000:]
+    preds = Predictions.load(out / "generated.json.gz")
+    assert preds.meta["corrector_temperature"] == 0.6
+    same, _ = generate(load_model(gen_run), 3, steps=10, seed=5, progress=False, corrector_temperature=0.6)
+    for a, b in zip(same.generated, preds.generated, strict=True):
+        assert np.allclose(a["lattice"], b["lattice"], atol=1e-4)
+    bad = tmp_path / "bad"
+    res = cli("generate", "-c", str(gen_run), "-n", "2", "--steps", "5", "--corrector-temperature", "1.5",
+              "--out", str(bad), "--threads", "1")
+    assert res.returncode != 0 and "corrector_temperature" in res.stderr and "Traceback" not in res.stderr
+    assert not bad.exists()
+
+
 def test_wrong_model_kind_is_a_clear_error(gen_run: Path, tmp_path: Path):
     res = cli("predict", "SrTiO3", "--checkpoint", str(gen_run), "--out", str(tmp_path / "p"))
     assert res.returncode == 1 and "generation model" in res.stderr and "Traceback" not in res.stderr
