@@ -362,7 +362,7 @@ def generate_cmd(
     out: Annotated[Path, typer.Option("--out", help="Folder for CIFs and generated.json.gz.")] = Path("generated"),
     steps: Steps = None,
     step_lr: Annotated[Optional[float], typer.Option("--step-lr", help="Corrector step size (default: the paper's ab initio value for the model's dataset).")] = None,
-    corrector_temperature: Annotated[float, typer.Option("--corrector-temperature", help="κ in [0, 1] scales the noise of the corrector's Langevin step (1: the paper's sampler). A cooler corrector sharpens each noise level's density: on Carbon-24's held-out crystals κ = 0.7 raised COV-P markedly (BENCHMARKS.md, 'Cooler corrector for generation').")] = 1.0,
+    corrector_temperature: Annotated[float, typer.Option("--corrector-temperature", help="κ in [0, 1] scales the noise of the corrector's Langevin step (1: the paper's sampler). A cooler corrector sharpens each noise level's density: on Carbon-24's held-out crystals κ = 0.7 raised COV-P markedly (BENCHMARKS.md, 'A cooler corrector raises COV-P'; not yet measured on the test split).")] = 1.0,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Crystals sampled together.")] = 512,
     seed: Seed = 0,
     reference_split: Annotated[str, typer.Option("--reference-split", help="Split `diffcsp evaluate` compares against.")] = "test",
