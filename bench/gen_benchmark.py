@@ -57,9 +57,9 @@ def main() -> None:
         gen += ["--threads", str(args.threads)]
     generated = out / "generated" / "generated.json.gz"
     if args.reevaluate and generated.is_file():
-        meta = Predictions.load(generated).meta
-        t_gen = float(meta["sampling_seconds"])
-        args.n, args.steps = len(Predictions.load(generated).generated), meta.get("steps", args.steps)
+        kept = Predictions.load(generated)
+        t_gen = float(kept.meta["sampling_seconds"])
+        args.n, args.steps = len(kept.generated), kept.meta.get("steps", args.steps)
         log.append({"command": _shown(gen), "seconds": round(t_gen, 1), "reused": True})
     else:
         t_gen = run(gen, log)

@@ -76,9 +76,8 @@ def main() -> None:
         setting = Setting.parse(text)
         step_lr = gamma * setting.lr_scale if setting.corrector else 0.0
         path = out.parent / f"{out.name}.{setting.name.replace(':', '_')}.json.gz"
-        if path.is_file() and len(Predictions.load(path).generated) == args.n:
-            preds = Predictions.load(path)
-        else:
+        preds = Predictions.load(path) if path.is_file() else None
+        if preds is None or len(preds.generated) != args.n:
             preds, _ = generate(model, args.n, steps=setting.steps, step_lr=step_lr, seed=args.seed,
                                 method=setting.method, schedule=setting.schedule, rho=setting.rho,
                                 corrector_temperature=setting.temperature)
