@@ -56,7 +56,7 @@ def main() -> None:
 
     from diffcsp.checkpoint import load_model
     from diffcsp.fileio import write_json
-    from diffcsp.gen_metrics import evaluate_generation, reference_cache_path
+    from diffcsp.gen_metrics import analyse_generated, evaluate_generation, reference_cache_path
     from diffcsp.predict import default_step_lr, generate
     from diffcsp.predictions import Predictions, dict_to_structure
     from diffcsp.registry import get_dataset
@@ -88,8 +88,9 @@ def main() -> None:
         row = {"setting": setting.name, "steps": preds.meta["steps"], "step_lr": step_lr, "temperature": setting.temperature,
                "n": args.n, "seconds_per_crystal": preds.meta["seconds_per_crystal_sample"],
                "bonds_in_window": share_in_window(nearest, (lo, hi))}
+        analysis = analyse_generated(structures, workers=args.workers, progress=False)  # once for both references
         for name, ref in references.items():
-            m = evaluate_generation(structures, ref, *cutoffs, workers=args.workers, progress=False,
+            m = evaluate_generation(structures, ref, *cutoffs, workers=args.workers, progress=False, analysis=analysis,
                                     cache_path=reference_cache_path(args.dataset, f"protocol-{name}", len(ref)))
             row["struct_valid"] = m["struct_valid"]  # the same against either reference
             row.update({f"{name}_{k}": m[k] for k in ("cov_recall", "cov_precision", "wdist_density")})

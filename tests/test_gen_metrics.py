@@ -15,6 +15,7 @@ pytest.importorskip("matminer")
 from diffcsp import gen_metrics  # noqa: E402
 from diffcsp.cdvae_constants import COMP_SCALER_MEANS, COMP_SCALER_STDS  # noqa: E402
 from diffcsp.gen_metrics import (  # noqa: E402
+    analyse_generated,
     cdvae_comp_scale,
     compute_fingerprints,
     coverage,
@@ -164,6 +165,21 @@ def test_invalid_crystals_counted_and_excluded(mixed: list[Structure]) -> None:
     out_all = evaluate_generation(generated, mixed, **kw)
     assert out_all["cov_recall"] == 1.0
     assert 3 / 5 <= out_all["cov_precision"] <= 1.0
+
+
+def test_kept_analysis_scores_like_a_fresh_one(mixed: list[Structure], perovskites: list[Structure]) -> None:
+    """One analysis of a generated set, scored against two references, equals two fresh evaluations."""
+    overlap = Structure(Lattice.cubic(5.0), ["Na", "Cl"], [[0, 0, 0], [0.05, 0, 0]])
+    generated = [*mixed, overlap]
+    kw = dict(struct_cutoff=0.4, comp_cutoff=10.0, workers=1, progress=False)
+    analysis = analyse_generated(generated, workers=1, progress=False)
+    assert analysis.valid.tolist() == [True, True, True, False]
+    for reference in (mixed, perovskites):
+        assert evaluate_generation(generated, reference, analysis=analysis, **kw) == evaluate_generation(
+            generated, reference, **kw
+        )
+    with pytest.raises(ValueError, match="analysis covers 4 crystals, but 3"):
+        evaluate_generation(mixed, mixed, analysis=analysis, **kw)
 
 
 def test_wasserstein_values() -> None:

@@ -24,6 +24,7 @@ import hashlib
 import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from itertools import product
 from pathlib import Path
@@ -43,6 +44,8 @@ from diffcsp.parallel import run_in_pool, run_inline, worker_count
 __all__ = [
     "COMP_SCALERS",
     "FINGERPRINT_VERSION",
+    "GeneratedAnalysis",
+    "analyse_generated",
     "cdvae_comp_scale",
     "compute_fingerprints",
     "coverage",
@@ -449,7 +452,7 @@ def wasserstein_num_elements(gen: Sequence[Structure], ref: Sequence[Structure])
 # --------------------------------------------------------------------------------------------
 
 
-def _analyse_generated(structure: Structure) -> tuple[bool, bool, Fingerprint, Fingerprint]:
+def _analyse_one(structure: Structure) -> tuple[bool, bool, Fingerprint, Fingerprint]:
     """Worker task: (structurally valid, compositionally valid, struct fp, comp fp)."""
     try:
         struct_ok = structural_validity(structure)
@@ -463,6 +466,43 @@ def _analyse_generated(structure: Structure) -> tuple[bool, bool, Fingerprint, F
     return struct_ok, comp_ok, struct_fp, comp_fp
 
 
+@dataclass(frozen=True)
+class GeneratedAnalysis:
+    """Per-crystal validity and fingerprints of a generated set, independent of any reference.
+
+    Computing the CrystalNN fingerprints is most of the cost of :func:`evaluate_generation`;
+    keeping them lets one generated set be scored against several reference sets (held-out and
+    training crystals, say) without fingerprinting it again.
+    """
+
+    struct_ok: np.ndarray
+    comp_ok: np.ndarray
+    struct_fps: list[Fingerprint]
+    comp_fps: list[Fingerprint]
+
+    def __len__(self) -> int:
+        return len(self.struct_fps)
+
+    @property
+    def valid(self) -> np.ndarray:
+        """Structurally and compositionally valid, with both fingerprints computable."""
+        fp_ok = np.array([s is not None and c is not None for s, c in zip(self.struct_fps, self.comp_fps)], dtype=bool)
+        return self.struct_ok & self.comp_ok & fp_ok
+
+
+def analyse_generated(
+    generated: Sequence[Structure], workers: int | None = None, progress: bool = True
+) -> GeneratedAnalysis:
+    """Validity and fingerprints of every generated crystal, in parallel (see :func:`evaluate_generation`)."""
+    records = _parallel_map(_analyse_one, list(generated), workers, progress, "generated")
+    return GeneratedAnalysis(
+        struct_ok=np.array([r[0] for r in records], dtype=bool),
+        comp_ok=np.array([r[1] for r in records], dtype=bool),
+        struct_fps=[r[2] for r in records],
+        comp_fps=[r[3] for r in records],
+    )
+
+
 def evaluate_generation(
     generated: list[Structure],
     reference: list[Structure],
@@ -473,6 +513,7 @@ def evaluate_generation(
     progress: bool = True,
     coverage_on: str = "all",
     comp_scaler: str = "cdvae",
+    analysis: GeneratedAnalysis | None = None,
 ) -> dict[str, Any]:
     """Ab initio generation metrics of ``generated`` against ``reference`` (the test split).
 
@@ -495,7 +536,8 @@ def evaluate_generation(
       CDVAE draws a random subsample of 1000 valid crystals first; we use all of them
       (deterministic, same expectation, lower variance). NaN when nothing is valid.
     * The reference fingerprints are cached in ``cache_path`` (see
-      :func:`reference_fingerprints`).
+      :func:`reference_fingerprints`); ``analysis`` (from :func:`analyse_generated` on the same
+      ``generated`` list) skips fingerprinting the generated crystals again.
     """
     if coverage_on not in ("all", "valid"):
         raise ValueError(f"coverage_on must be 'all' or 'valid', not {coverage_on!r}")
@@ -504,18 +546,17 @@ def evaluate_generation(
     generated = list(generated)
     reference = list(reference)
     n = len(generated)
-    records = _parallel_map(_analyse_generated, generated, workers, progress, "generated")
+    if analysis is None:
+        analysis = analyse_generated(generated, workers=workers, progress=progress)
+    elif len(analysis) != n:
+        raise ValueError(f"the analysis covers {len(analysis)} crystals, but {n} were generated")
     ref_struct_fps, ref_comp_fps = reference_fingerprints(
         reference, cache_path, workers=workers, progress=progress
     )
 
-    struct_ok = np.array([r[0] for r in records], dtype=bool)
-    comp_ok = np.array([r[1] for r in records], dtype=bool)
-    fp_ok = np.array([r[2] is not None and r[3] is not None for r in records], dtype=bool)
-    valid = struct_ok & comp_ok & fp_ok
-
-    gen_struct_fps = [r[2] for r in records]
-    gen_comp_fps = [r[3] for r in records]
+    struct_ok, comp_ok, valid = analysis.struct_ok, analysis.comp_ok, analysis.valid
+    gen_struct_fps = list(analysis.struct_fps)
+    gen_comp_fps = list(analysis.comp_fps)
     if coverage_on == "valid":
         idx = np.flatnonzero(valid)
         gen_struct_fps = [gen_struct_fps[i] for i in idx]
