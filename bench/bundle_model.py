@@ -55,8 +55,10 @@ def _command(config: dict, run: Path) -> str:
 def _sampler(predictions: Path) -> tuple[str, int | None]:
     """How a predictions file was sampled (from its header), and its crystal limit."""
     meta = Predictions.load(predictions if predictions.is_absolute() else ROOT / predictions).meta
-    name = meta.get("sampler") or "paper"
-    return f"{name}, {meta['steps']} steps", meta.get("limit")
+    kappa = meta.get("corrector_temperature", 1.0)  # files written before κ existed: the paper's 1
+    name = meta.get("sampler") or ("paper" if kappa == 1 else "")  # older files name no preset
+    text = ", ".join(part for part in (name, f"{meta['steps']} steps", "" if kappa == 1 else f"κ = {kappa:g}") if part)
+    return text, meta.get("limit")
 
 
 def _repo_relative(metrics: dict) -> dict:
@@ -122,11 +124,12 @@ def main() -> None:
             lines.append(f"| {m['dataset']}/{m['split']} | {'all' if limit is None else 'first'} {m['n']} | {k} | {sampler} | "
                          f"{m.get('rule', 'structure')} | {100 * mr:.2f} | {'–' if rmse is None else f'{rmse:.4f}'} | {100 * valid:.1f} |")
     if gen:  # ab initio generation: the six numbers of the paper's generation table, against the reference split
-        lines += ["| reference | crystals generated | rule | validity struct (%) | validity comp (%) | COV-R (%) | COV-P (%) | "
-                  "W(density) | W(#elements) | composition scaler |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines += ["| reference | crystals generated | sampler | rule | validity struct (%) | validity comp (%) | COV-R (%) | "
+                  "COV-P (%) | W(density) | W(#elements) | composition scaler |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for m in gen:
-            lines.append(f"| {m['dataset']}/{m['split']} | {m['n']} | {m.get('rule', 'structure')} | {100 * m['struct_valid']:.2f} | "
+            sampler, _ = _sampler(Path(m["predictions"]))
+            lines.append(f"| {m['dataset']}/{m['split']} | {m['n']} | {sampler} | {m.get('rule', 'structure')} | {100 * m['struct_valid']:.2f} | "
                          f"{100 * m['comp_valid']:.2f} | {100 * m['cov_recall']:.2f} | {100 * m['cov_precision']:.2f} | "
                          f"{m['wdist_density']:.4f} | {m['wdist_num_elems']:.4f} | {m['comp_scaler']} |")
     if metrics:

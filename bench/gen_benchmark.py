@@ -31,7 +31,9 @@ def main() -> None:
     ap.add_argument("--run", type=Path)
     ap.add_argument("-n", type=int, default=1000, help="crystals to generate")
     ap.add_argument("--steps", type=int)
-    ap.add_argument("--corrector-temperature", type=float, help="κ of `diffcsp generate` (default: 1, the paper's)")
+    ap.add_argument("--sampler", default="paper", choices=["paper", "auto"],
+                    help="preset of `diffcsp generate` (default: paper, the published tables' sampler; auto: the dataset's tuned one)")
+    ap.add_argument("--corrector-temperature", type=float, help="κ of `diffcsp generate` (default: the --sampler preset's)")
     ap.add_argument("--threads", type=int)
     ap.add_argument("--workers", type=int)
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
@@ -48,7 +50,8 @@ def main() -> None:
     log: list[dict] = []
     if not (run_dir / "model" / "model.safetensors").is_file():
         run(exe + ["train", "--task", "gen", "--dataset", args.dataset, "--preset", "cpu", "--out", str(run_dir)], log)
-    gen = exe + ["generate", "--checkpoint", str(run_dir / "model"), "-n", str(args.n), "--out", str(out / "generated"), "--no-cif"]
+    gen = exe + ["generate", "--checkpoint", str(run_dir / "model"), "-n", str(args.n), "--out", str(out / "generated"), "--no-cif",
+                 "--sampler", args.sampler]
     if args.steps:
         gen += ["--steps", str(args.steps)]
     if args.corrector_temperature is not None:

@@ -78,7 +78,7 @@ def main() -> None:
         path = out.parent / f"{out.name}.{setting.name.replace(':', '_')}.json.gz"
         preds = Predictions.load(path) if path.is_file() else None
         if preds is None or len(preds.generated) != args.n:
-            preds, _ = generate(model, args.n, steps=setting.steps, step_lr=step_lr, seed=args.seed,
+            preds, _ = generate(model, args.n, steps=setting.steps, step_lr=step_lr, seed=args.seed, sampler="paper",
                                 method=setting.method, schedule=setting.schedule, rho=setting.rho,
                                 corrector_temperature=setting.temperature)
             preds.meta.update(checkpoint=str(args.run))
