@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 from diffcsp.checkpoint import BUNDLED_DIR, export_model, load_model
 from diffcsp.fileio import write_text
 from diffcsp.predictions import Predictions
+from diffcsp.registry import get_dataset
+from diffcsp.sampler import sampler_preset
 from diffcsp.training import CPU_MODEL, PAPER_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,10 +56,24 @@ def _command(config: dict, run: Path) -> str:
 
 
 def _sampler(predictions: Path) -> tuple[str, int | None]:
-    """How a predictions file was sampled (from its header), and its crystal limit."""
-    meta = Predictions.load(predictions if predictions.is_absolute() else ROOT / predictions).meta
+    """How a predictions file was sampled (from its header), and its crystal limit.
+
+    A file sampled with exactly the settings of its dataset's ``auto`` preset is labelled as the
+    default, whatever name it recorded (older files record none)."""
+    path = predictions if predictions.is_absolute() else ROOT / predictions
+    if not path.is_file():
+        return "not recorded (predictions file missing)", None
+    preds = Predictions.load(path)
+    meta = preds.meta
     kappa = meta.get("corrector_temperature", 1.0)  # files written before κ existed: the paper's 1
-    name = meta.get("sampler") or ("paper" if kappa == 1 else "")  # older files name no preset
+    auto = sampler_preset("auto", preds.dataset, preds.task)
+    auto_gamma = get_dataset(preds.dataset).step_lr(preds.task, preds.num_samples) * auto.step_lr_scale
+    is_auto = (meta["steps"] == (auto.steps or meta["model"]["timesteps"]) and kappa == auto.corrector_temperature
+               and meta.get("method", "pc") == auto.method and meta.get("schedule", "uniform") == auto.schedule
+               and math.isclose(meta["step_lr"], auto_gamma, rel_tol=1e-9))
+    name = meta.get("sampler") or ("paper" if kappa == 1 else "")
+    if is_auto:
+        name = f"{name} (= default `auto`)" if name and name != "auto" else "default `auto`"
     text = ", ".join(part for part in (name, f"{meta['steps']} steps", "" if kappa == 1 else f"κ = {kappa:g}") if part)
     return text, meta.get("limit")
 

@@ -180,6 +180,9 @@ def test_kept_analysis_scores_like_a_fresh_one(mixed: list[Structure], perovskit
         )
     with pytest.raises(ValueError, match="analysis covers 4 crystals, but 3"):
         evaluate_generation(mixed, mixed, analysis=analysis, **kw)
+    # the kept analysis is what gets scored: one of another set changes the result
+    other = analyse_generated([perovskites[0]] * 4, workers=1, progress=False)
+    assert evaluate_generation(generated, mixed, analysis=other, **kw) != evaluate_generation(generated, mixed, **kw)
 
 
 def test_wasserstein_values() -> None:

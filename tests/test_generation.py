@@ -178,3 +178,18 @@ def test_generate_auto_sampler_is_the_paper_sampler_with_the_tuned_temperature()
     assert np.array_equal(auto, by_hand) and not np.allclose(auto, paper)
     _, overridden = lattices(corrector_temperature=1.0)
     assert np.array_equal(overridden, paper)
+
+
+def test_generate_cli_sampler_choice(tmp_path: Path):
+    """`--sampler paper` gives the bundled Carbon-24 model the paper's κ = 1 (recorded in the file);
+    a preset never measured for generation is a one-line error that writes nothing."""
+    out = tmp_path / "paper"
+    res = cli("generate", "-m", "carbon_24", "-n", "1", "--steps", "3", "--sampler", "paper", "--out", str(out),
+              "--no-cif", "--threads", "1")
+    assert res.returncode == 0, res.stderr[-2000:]
+    meta = Predictions.load(out / "generated.json.gz").meta
+    assert meta["corrector_temperature"] == 1.0 and meta["sampler"] == "custom"  # --steps overrides the preset
+    bad = tmp_path / "fast"
+    res = cli("generate", "-m", "carbon_24", "-n", "1", "--sampler", "fast", "--out", str(bad))
+    assert res.returncode != 0 and "auto or paper" in res.stderr and "Traceback" not in res.stderr
+    assert not bad.exists()

@@ -375,6 +375,8 @@ def generate_cmd(
     from diffcsp.predict import generate, write_structures
 
     with _Guard():
+        if sampler not in ("auto", "paper"):
+            raise typer.BadParameter(f"--sampler must be auto or paper, not {sampler!r}")
         model = _model_with_threads(checkpoint, threads, task="gen")
         options = {} if corrector_temperature is None else {"corrector_temperature": corrector_temperature}
         preds, structures = generate(model, n, steps=steps, step_lr=step_lr, seed=seed, batch_size=batch_size,

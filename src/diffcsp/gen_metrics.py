@@ -466,7 +466,7 @@ def _analyse_one(structure: Structure) -> tuple[bool, bool, Fingerprint, Fingerp
     return struct_ok, comp_ok, struct_fp, comp_fp
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class GeneratedAnalysis:
     """Per-crystal validity and fingerprints of a generated set, independent of any reference.
 

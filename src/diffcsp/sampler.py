@@ -74,7 +74,7 @@ class SamplerPreset:
     steps: int | None
     method: str = "pc"
     schedule: str = "uniform"
-    rho: float = 1.0
+    rho: float = 2.0  # sample()'s default, so schedule="power" without rho means the same everywhere
     step_lr_scale: float = 1.0
     corrector_temperature: float = 1.0
 
