@@ -63,7 +63,8 @@ def main() -> None:
         kept = Predictions.load(generated)
         t_gen = float(kept.meta["sampling_seconds"])
         args.n, args.steps = len(kept.generated), kept.meta.get("steps", args.steps)
-        log.append({"command": _shown(gen), "seconds": round(t_gen, 1), "reused": True})
+        command = kept.meta.get("command") or f"{_shown(gen)}  (rebuilt from this run's arguments; the file records none)"
+        log.append({"command": command, "seconds": round(t_gen, 1), "reused": True})
     else:
         t_gen = run(gen, log)
     evaluate = exe + ["evaluate", str(generated), "--json", str(out / "metrics.json"), "--comp-scaler", args.comp_scaler]

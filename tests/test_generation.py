@@ -189,6 +189,7 @@ def test_generate_cli_sampler_choice(tmp_path: Path):
     assert res.returncode == 0, res.stderr[-2000:]
     meta = Predictions.load(out / "generated.json.gz").meta
     assert meta["corrector_temperature"] == 1.0 and meta["sampler"] == "custom"  # --steps overrides the preset
+    assert meta["command"].startswith("diffcsp generate -m carbon_24 -n 1 --steps 3 --sampler paper")
     bad = tmp_path / "fast"
     res = cli("generate", "-m", "carbon_24", "-n", "1", "--sampler", "fast", "--out", str(bad))
     assert res.returncode != 0 and "auto or paper" in res.stderr and "Traceback" not in res.stderr

@@ -6,6 +6,7 @@ are printed as one clear line and exit with status 1 — never a traceback.
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -381,7 +382,8 @@ def generate_cmd(
         options = {} if corrector_temperature is None else {"corrector_temperature": corrector_temperature}
         preds, structures = generate(model, n, steps=steps, step_lr=step_lr, seed=seed, batch_size=batch_size,
                                      reference_split=reference_split, sampler=sampler, **options)
-        preds.meta.update(checkpoint=str(checkpoint or f"bundled:{DEFAULT_GEN_MODEL}"))
+        preds.meta.update(checkpoint=str(checkpoint or f"bundled:{DEFAULT_GEN_MODEL}"),
+                          command=shlex.join(["diffcsp", *sys.argv[1:]]))  # so a reused file names its own command
         path = preds.save(out / "generated.json.gz")
         if not no_cif:
             write_structures(structures, out / "cif", "gen")
