@@ -72,8 +72,10 @@ def _sampler(predictions: Path) -> tuple[str, int | None]:
                and meta.get("method", "pc") == auto.method and meta.get("schedule", "uniform") == auto.schedule
                and math.isclose(meta["step_lr"], auto_gamma, rel_tol=1e-9))
     name = meta.get("sampler") or ("paper" if kappa == 1 else "")
+    if name not in ("", "custom", "auto") and sampler_preset(name, preds.dataset, preds.task).corrector_temperature != kappa:
+        name = "custom"  # files from before `custom` was recorded name the preset an explicit κ overrode
     if is_auto:
-        name = f"{name} (= default `auto`)" if name and name != "auto" else "default `auto`"
+        name = f"{name} (= default `auto`)" if name not in ("", "custom", "auto") else "default `auto`"
     text = ", ".join(part for part in (name, f"{meta['steps']} steps", "" if kappa == 1 else f"κ = {kappa:g}") if part)
     return text, meta.get("limit")
 

@@ -213,7 +213,7 @@ def test_dataset_tuned_presets_apply_to_their_dataset_and_task_only():
     assert sampler_preset("auto", "mp_20") == sampler_preset("auto", "perov_5", "gen") == sampler_preset("paper")
     # Carbon-24 generation: `auto` is the paper's 1000 steps with a cooler corrector; `paper` stays the paper's
     cool = sampler_preset("auto", "carbon_24", "gen")
-    assert cool.corrector_temperature == 0.5 and cool.steps is None and cool.step_lr_scale == 1.0
+    assert cool.corrector_temperature == 0.3 and cool.steps is None and cool.step_lr_scale == 1.0
     assert sampler_preset("paper", "carbon_24", "gen") == sampler_preset("paper")
     model = DiffCSP(ModelConfig(hidden=8, num_layers=1, num_freqs=2, time_dim=4, dataset="perov_5"), compute_schedules=False)
     gamma, options = resolve_sampler(model, "fast", None, None)

@@ -458,7 +458,7 @@ def generate(model: DiffCSP | str | Path | None, n: int, steps: int | None = Non
     ``model``: a generation model, a path to one, or ``None`` / a dataset name for a bundled one.
     ``sampler`` names a preset: ``"auto"`` is the paper's sampler except where another setting
     was measured to serve the model's dataset better (Carbon-24: a cooler corrector, COV-P
-    34 → 58 % at a cost of 3 points of COV-R, :data:`diffcsp.sampler.AUTO_SAMPLERS`); ``"paper"`` is always the paper's
+    34 → 65 % for 0.2 points of COV-R, :data:`diffcsp.sampler.AUTO_SAMPLERS`); ``"paper"`` is always the paper's
     sampler, the one the published tables use. ``steps``/``step_lr`` and ``sampler_options``
     (``method``, ``schedule``, ``rho``, ``precision``, ``corrector_temperature``) override the
     preset, go to :func:`diffcsp.sampler.sample` and are recorded in the file's metadata.
