@@ -148,7 +148,8 @@ def sample_and_evaluate(args: argparse.Namespace, dataset: str, run_dir: Path, s
         preds.unlink()  # sampled from an earlier model of this run directory: sample again
     if preds.is_file():
         meta = Predictions.load(preds).meta
-        found = (meta.get("sampler"), meta.get("limit"), meta["steps"] if args.steps else None)
+        # the preset asked for (files from before 2026-12-02 record it as "sampler")
+        found = (meta.get("sampler_preset", meta.get("sampler")), meta.get("limit"), meta["steps"] if args.steps else None)
         if found != (args.sampler, limit, args.steps):
             sys.exit(f"{preds} was sampled with other settings (sampler, test limit, steps) {found}, wanted "
                      f"{(args.sampler, limit, args.steps)}; remove it or choose another --out")

@@ -210,6 +210,8 @@ def test_predict_split_uses_the_same_lookup():
                                       source={"dataset": "carbon_24", "split": "test"})
     preds = predict_split(tiny_model([], dataset="perov_5"), table, num_samples=2, steps=STEPS, progress=False)
     assert preds.meta["step_lr"] == 5e-7  # carbon_24 with k = 2, from the table's dataset
+    # --steps changed the paper's sampler: the file says so and still names the preset asked for
+    assert preds.meta["sampler"] == "custom" and preds.meta["sampler_preset"] == "paper"
     table.source["dataset"] = "my_lab_data"
     with pytest.warns(UserWarning, match="using MP-20's"):
         preds = predict_split(tiny_model([], dataset="perov_5"), table, num_samples=1, steps=STEPS, progress=False)

@@ -216,9 +216,17 @@ def test_dataset_tuned_presets_apply_to_their_dataset_and_task_only():
     assert cool.corrector_temperature == 0.3 and cool.steps is None and cool.step_lr_scale == 1.0
     assert sampler_preset("paper", "carbon_24", "gen") == sampler_preset("paper")
     model = DiffCSP(ModelConfig(hidden=8, num_layers=1, num_freqs=2, time_dim=4, dataset="perov_5"), compute_schedules=False)
-    gamma, options = resolve_sampler(model, "fast", None, None)
+    gamma, options, label = resolve_sampler(model, "fast", None, None)
     assert gamma == pytest.approx(get_dataset("perov_5").step_lr("csp") * tuned.step_lr_scale)
     assert options["corrector_temperature"] == tuned.corrector_temperature and options["steps"] == 50
+    # the name a file records: the preset's while nothing changes what runs, else "custom"
+    assert label == "fast"
+    assert resolve_sampler(model, "fast", 50, gamma, corrector_temperature=tuned.corrector_temperature,
+                           precision="fp32")[2] == "fast"  # overrides equal to the preset's values
+    assert resolve_sampler(model, "paper", model.config.timesteps, None)[2] == "paper"  # None means T steps
+    for steps, step_lr, overrides in [(100, None, {}), (None, 2 * gamma, {}), (None, None, {"corrector_temperature": 1.0}),
+                                      (None, None, {"precision": "bf16"}), (None, None, {"method": "ddim"})]:
+        assert resolve_sampler(model, "fast", steps, step_lr, **overrides)[2] == "custom", (steps, step_lr, overrides)
     with pytest.raises(ValueError, match="corrector_temperature"):
         sample(model, [2], torch.tensor([8, 8]), steps=2, progress=False, corrector_temperature=1.5)
 

@@ -10,6 +10,8 @@ via the CLI) gives both: its reduced formula is the unit and its cell fixes Z.
 
 from __future__ import annotations
 
+import inspect
+import math
 import time
 import warnings
 from collections.abc import Sequence
@@ -182,16 +184,26 @@ def plan_prediction(model: DiffCSP, composition: CompositionLike, n: int, formul
 
 
 def resolve_sampler(model: DiffCSP, sampler: str, steps: int | None, step_lr: float | None, num_samples: int = 1,
-                    dataset: str | None = None) -> tuple[float, dict[str, Any]]:
-    """(corrector step γ, keyword arguments of :func:`sample`) for a named preset, with
-    ``steps``/``step_lr`` overriding it; γ defaults to the dataset's value times the preset's scale."""
+                    dataset: str | None = None, **overrides: Any) -> tuple[float, dict[str, Any], str]:
+    """(corrector step γ, keyword arguments of :func:`sample`, name to record) for a named preset.
+
+    ``steps``, ``step_lr`` and ``overrides`` (``method``, ``corrector_temperature``, …) override
+    the preset; γ defaults to the dataset's value times the preset's scale. The name to record is
+    the preset's while what runs is exactly the preset and ``"custom"`` once an override changes
+    it, so a predictions file never names a preset it was not sampled with."""
     preset = sampler_preset(sampler, model.config.dataset if dataset is None else dataset, model.config.task)
-    options = preset.options()
-    if steps is not None:
-        options["steps"] = steps
-    if step_lr is None:
-        step_lr = default_step_lr(model, num_samples, dataset=dataset) * preset.step_lr_scale
-    return step_lr, options
+    options = {**preset.options(), **({} if steps is None else {"steps": steps}), **overrides}
+    default_lr = default_step_lr(model, num_samples, dataset=dataset) * preset.step_lr_scale
+    gamma = default_lr if step_lr is None else step_lr
+
+    def same_steps(a: int | None, b: int | None) -> bool:  # None is the model's full T
+        return (a or model.config.timesteps) == (b or model.config.timesteps)
+
+    # what the preset runs: its own options, sample()'s defaults for the rest (precision, clip_lattice, …)
+    reference = {**{k: p.default for k, p in inspect.signature(sample).parameters.items()}, **preset.options()}
+    unchanged = (same_steps(options["steps"], reference["steps"]) and math.isclose(gamma, default_lr, rel_tol=1e-9)
+                 and all(options[k] == reference.get(k) for k in options if k != "steps"))
+    return gamma, options, sampler if unchanged else "custom"
 
 
 def sample_plan(model: DiffCSP, plan: PredictionPlan, steps: int | None = None, step_lr: float | None = None,
@@ -202,7 +214,7 @@ def sample_plan(model: DiffCSP, plan: PredictionPlan, steps: int | None = None, 
     ``sampler`` names a preset of :data:`diffcsp.sampler.SAMPLERS`; ``steps``/``step_lr``
     override its number of steps and its corrector step size."""
     n = len(plan.formula_units)
-    step_lr, options = resolve_sampler(model, sampler, steps, step_lr, num_samples=n)
+    step_lr, options, _ = resolve_sampler(model, sampler, steps, step_lr, num_samples=n)
     cells = [plan.cell(i) for i in range(n)]
     result = sample(model, [len(c) for c in cells], torch.tensor([z for c in cells for z in c]), step_lr=step_lr,
                     seed=seed, progress=progress, device=device, **options)
@@ -435,12 +447,12 @@ def predict_split(model: DiffCSP, table, num_samples: int = 1, steps: int | None
     if too_big:
         raise CompositionError(f"{too_big} crystals exceed the model's {model.config.max_atoms} atoms")
     dataset, split = table.source.get("dataset", model.config.dataset), table.source.get("split", "")
-    gamma, options = resolve_sampler(model, sampler, steps, step_lr, num_samples, dataset=dataset)
+    gamma, options, label = resolve_sampler(model, sampler, steps, step_lr, num_samples, dataset=dataset, **sampler_options)
     idx = np.tile(np.arange(len(table)), num_samples)  # sample-major: every crystal once, then again …
     atom_idx = table.atom_index(idx)
     result, meta = _timed_sample(model, table.num_atoms[idx], torch.as_tensor(table.numbers[atom_idx]), gamma,
-                                 seed=seed, batch_size=batch_size, progress=progress, **{**options, **sampler_options})
-    meta["sampler"] = sampler
+                                 seed=seed, batch_size=batch_size, progress=progress, **options)
+    meta.update(sampler=label, sampler_preset=sampler)  # the file's other keys say what was run
     crystals = []
     for i in range(len(table)):
         rec = table.record(i)
@@ -467,12 +479,11 @@ def generate(model: DiffCSP | str | Path | None, n: int, steps: int | None = Non
         model = load_model(model, task="gen")
     if not model.is_gen:
         raise CompositionError("this is a CSP model (atom types given); train one with `diffcsp train --task gen`")
-    gamma, options = resolve_sampler(model, sampler, steps, step_lr)
+    gamma, options, label = resolve_sampler(model, sampler, steps, step_lr, **sampler_options)
     num_atoms = sample_num_atoms(model.config.num_atoms_hist, n, seed)
     result, meta = _timed_sample(model, num_atoms, None, gamma, seed=seed, batch_size=batch_size,
-                                 progress=progress, **{**options, **sampler_options})
-    overridden = steps is not None or step_lr is not None or any(options.get(k) != v for k, v in sampler_options.items())
-    meta["sampler"] = "custom" if overridden else sampler  # the file's other keys say what was run
+                                 progress=progress, **options)
+    meta.update(sampler=label, sampler_preset=sampler)  # the file's other keys say what was run
     generated = [arrays_to_dict(*result.crystal(i)) for i in range(n)]
     return Predictions("gen", model.config.dataset, reference_split, 1, meta=meta, generated=generated), result.structures()
 
