@@ -2,7 +2,10 @@
 """How far each generated crystal lies from its nearest reference crystal: what COV-P thresholds.
 
 COV-P counts the generated crystals whose CrystalNN structure fingerprint lies within the
-dataset's cut-off (Carbon-24: 0.2) of some reference crystal. One number hides whether the
+dataset's cut-off (Carbon-24: 0.2) of some reference crystal, and whose composition fingerprint
+lies within its own cut-off of some reference crystal. This script looks at the structure part
+only, so its share within the cut-off is COV-P exactly for single-element datasets (Carbon-24)
+and an upper bound of it otherwise. One number hides whether the
 misses are near misses (a sharper sampler would pull them in) or far off (another structure
 altogether, which no sharpening fixes). This script prints, for each kept generated file, the
 share within several distances, the quantiles, the share within the cut-off by cell size, and
@@ -16,10 +19,10 @@ the share of atoms at a proper bond length for near and far crystals, and plots 
 ``--reference heldout`` is the training protocol's held-out crystals (never trained on; the
 test split is not looked at), ``--reference test`` the test split.
 
-``--real`` adds a calibration row: real crystals scored as if they had been generated (against
-held-out: the training crystals; against a split: the whole validation split we train on). A
-perfect generator of the data distribution would score about that, so it is the ceiling of
-COV-P at this reference size, and it says which cell sizes a small reference covers at all.
+``--real`` adds a calibration row: real crystals the model learnt from, scored as if they had
+been generated (against held-out: the training crystals; against test: the training and the
+held-out crystals together). A generator that reproduced the data it learnt from would score
+about that, and it says which cell sizes a small reference covers at all.
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ def main() -> None:
     p.add_argument("--real", action="store_true", help="add real crystals (the training data) as a calibration row")
     p.add_argument("--out", required=True, type=Path, help="output stem: writes STEM.json and STEM.png")
     args = p.parse_args()
+    if args.real and args.reference not in ("heldout", "test"):
+        p.error("--real needs --reference heldout or test: other splits may hold the real crystals themselves")
 
     import matplotlib
 
@@ -70,7 +75,7 @@ def main() -> None:
         real_parts = {"protocol-train": train}  # the crystals the model learnt from
     else:
         table, cache = load_split(args.dataset, args.reference), args.reference
-        real_parts = {"protocol-train": train, "protocol-heldout": heldout}  # the whole validation split
+        real_parts = {"protocol-train": train, "protocol-heldout": heldout}  # all the model learnt from
     reference = table.structures()
     ref_fps, _ = reference_fingerprints(reference, reference_cache_path(args.dataset, cache, len(reference)),
                                         workers=args.workers, progress=False)
@@ -103,7 +108,9 @@ def main() -> None:
         name = Path(label).name.removesuffix(".json.gz")
         row = {"file": label, "n": len(structures), "cutoff": cutoff,
                "within": {f"{d:g}": float((nearest <= d).mean()) for d in DISTANCES},
-               "quantiles": {f"{q:g}": float(np.quantile(nearest, q)) for q in (0.1, 0.25, 0.5, 0.75, 0.9)},
+               "without_fingerprint": int(np.isinf(nearest).sum()),
+               # an order statistic, so crystals without a fingerprint (inf) rank last instead of giving NaN
+               "quantiles": {f"{q:g}": float(np.quantile(nearest, q, method="inverted_cdf")) for q in (0.1, 0.25, 0.5, 0.75, 0.9)},
                "within_cutoff_by_atoms": {f"{a}-{b}": {"n": int(m.sum()), "share": float(near[m].mean()) if m.any() else None}
                                           for a, b in SIZE_BINS if (m := (sizes >= a) & (sizes <= b)).any()},
                "bonds_in_window_near": share_in_window(np.concatenate([b for b, k in zip(bonds, near) if k]), (lo, hi))

@@ -13,6 +13,7 @@ crystal the oracle knows — at any number of steps, with or without the correct
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -224,9 +225,20 @@ def test_dataset_tuned_presets_apply_to_their_dataset_and_task_only():
     assert resolve_sampler(model, "fast", 50, gamma, corrector_temperature=tuned.corrector_temperature,
                            precision="fp32")[2] == "fast"  # overrides equal to the preset's values
     assert resolve_sampler(model, "paper", model.config.timesteps, None)[2] == "paper"  # None means T steps
+    # options that cannot change what runs: rho on a uniform grid, the device
+    assert resolve_sampler(model, "fast", None, None, rho=1.0, device="cpu")[2] == "fast"
     for steps, step_lr, overrides in [(100, None, {}), (None, 2 * gamma, {}), (None, None, {"corrector_temperature": 1.0}),
+                                      (None, None, {"schedule": "power"}), (None, None, {"clip_lattice": False}),
                                       (None, None, {"precision": "bf16"}), (None, None, {"method": "ddim"})]:
         assert resolve_sampler(model, "fast", steps, step_lr, **overrides)[2] == "custom", (steps, step_lr, overrides)
+    # a dataset without a paper step size: the fallback warns only when γ is not given
+    own = DiffCSP(ModelConfig(hidden=8, num_layers=1, num_freqs=2, time_dim=4, dataset="my_lab"), compute_schedules=False)
+    with pytest.warns(UserWarning, match="MP-20"):
+        resolve_sampler(own, "paper", None, None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert resolve_sampler(own, "paper", None, 1e-5)[0] == 1e-5
+    assert not [w for w in caught if "MP-20" in str(w.message)]
     with pytest.raises(ValueError, match="corrector_temperature"):
         sample(model, [2], torch.tensor([8, 8]), steps=2, progress=False, corrector_temperature=1.5)
 

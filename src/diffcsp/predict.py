@@ -28,7 +28,7 @@ from diffcsp.errors import CompositionError
 from diffcsp.model import DiffCSP
 from diffcsp.predictions import Predictions, arrays_to_dict
 from diffcsp.registry import get_dataset
-from diffcsp.sampler import SampleResult, sample, sampler_preset
+from diffcsp.sampler import SampleResult, sample, sampler_preset, time_schedule
 
 #: What :func:`predict` accepts as a composition.
 CompositionLike = Union[str, Composition, Structure, Sequence[Union[str, int]]]
@@ -189,20 +189,27 @@ def resolve_sampler(model: DiffCSP, sampler: str, steps: int | None, step_lr: fl
 
     ``steps``, ``step_lr`` and ``overrides`` (``method``, ``corrector_temperature``, …) override
     the preset; γ defaults to the dataset's value times the preset's scale. The name to record is
-    the preset's while what runs is exactly the preset and ``"custom"`` once an override changes
-    it, so a predictions file never names a preset it was not sampled with."""
+    the preset's while what runs is the preset's sampler (the same time grid, γ and options; an
+    override equal to the preset's value, or a ``rho`` the grid ignores, changes nothing) and
+    ``"custom"`` otherwise, so a predictions file never names a preset it was not sampled with."""
     preset = sampler_preset(sampler, model.config.dataset if dataset is None else dataset, model.config.task)
     options = {**preset.options(), **({} if steps is None else {"steps": steps}), **overrides}
-    default_lr = default_step_lr(model, num_samples, dataset=dataset) * preset.step_lr_scale
+    with warnings.catch_warnings():
+        if step_lr is not None:  # γ is given: the lookup's "no paper step size" warning does not apply
+            warnings.simplefilter("ignore")
+        default_lr = default_step_lr(model, num_samples, dataset=dataset) * preset.step_lr_scale
     gamma = default_lr if step_lr is None else step_lr
-
-    def same_steps(a: int | None, b: int | None) -> bool:  # None is the model's full T
-        return (a or model.config.timesteps) == (b or model.config.timesteps)
-
     # what the preset runs: its own options, sample()'s defaults for the rest (precision, clip_lattice, …)
     reference = {**{k: p.default for k, p in inspect.signature(sample).parameters.items()}, **preset.options()}
-    unchanged = (same_steps(options["steps"], reference["steps"]) and math.isclose(gamma, default_lr, rel_tol=1e-9)
-                 and all(options[k] == reference.get(k) for k in options if k != "steps"))
+
+    def runs(opts: dict[str, Any]) -> tuple[list[int] | None, dict[str, Any]]:
+        try:
+            grid = time_schedule(model.config.timesteps, opts["steps"], opts["schedule"], opts["rho"])
+        except ValueError:  # e.g. a preset's 50 steps on a model with T < 50: not what runs
+            grid = None
+        return grid, {k: opts.get(k, reference.get(k)) for k in options if k not in ("steps", "schedule", "rho", "device")}
+
+    unchanged = runs(options) == runs(reference) and math.isclose(gamma, default_lr, rel_tol=1e-9)
     return gamma, options, sampler if unchanged else "custom"
 
 
@@ -426,7 +433,7 @@ def _timed_sample(model: DiffCSP, num_atoms, atom_types, step_lr: float, **kw: A
     result = sample(model, num_atoms, atom_types, step_lr=step_lr, **kw)
     seconds = time.perf_counter() - start
     meta = {"steps": kw.get("steps") or model.config.timesteps, "step_lr": step_lr, "seed": kw.get("seed"),
-            **{k: kw[k] for k in ("method", "schedule", "rho", "precision", "corrector_temperature") if k in kw},
+            **{k: kw[k] for k in ("method", "schedule", "rho", "precision", "corrector_temperature", "clip_lattice") if k in kw},
             "sampling_seconds": round(seconds, 1), "seconds_per_crystal_sample": round(seconds / max(len(num_atoms), 1), 4),
             "model": model.config.to_dict()}
     return result, meta
