@@ -227,6 +227,9 @@ def test_dataset_tuned_presets_apply_to_their_dataset_and_task_only():
     assert resolve_sampler(model, "paper", model.config.timesteps, None)[2] == "paper"  # None means T steps
     # options that cannot change what runs: rho on a uniform grid, the device
     assert resolve_sampler(model, "fast", None, None, rho=1.0, device="cpu")[2] == "fast"
+    # precision "auto" counts as what it resolves to here: the preset's fp32 only without native bf16
+    from diffcsp.precision import bf16_native
+    assert resolve_sampler(model, "fast", None, None, precision="auto")[2] == ("custom" if bf16_native("cpu") else "fast")
     for steps, step_lr, overrides in [(100, None, {}), (None, 2 * gamma, {}), (None, None, {"corrector_temperature": 1.0}),
                                       (None, None, {"schedule": "power"}), (None, None, {"clip_lattice": False}),
                                       (None, None, {"precision": "bf16"}), (None, None, {"method": "ddim"})]:

@@ -26,6 +26,7 @@ from pymatgen.core import Composition, Element, Structure
 from diffcsp.checkpoint import load_model
 from diffcsp.errors import CompositionError
 from diffcsp.model import DiffCSP
+from diffcsp.precision import resolve as resolve_precision
 from diffcsp.predictions import Predictions, arrays_to_dict
 from diffcsp.registry import get_dataset
 from diffcsp.sampler import SampleResult, sample, sampler_preset, time_schedule
@@ -190,7 +191,8 @@ def resolve_sampler(model: DiffCSP, sampler: str, steps: int | None, step_lr: fl
     ``steps``, ``step_lr`` and ``overrides`` (``method``, ``corrector_temperature``, …) override
     the preset; γ defaults to the dataset's value times the preset's scale. The name to record is
     the preset's while what runs is the preset's sampler (the same time grid, γ and options; an
-    override equal to the preset's value, or a ``rho`` the grid ignores, changes nothing) and
+    override equal to the preset's value, a ``rho`` the grid ignores, or a ``precision="auto"`` that
+    resolves to the preset's precision on this device, changes nothing) and
     ``"custom"`` otherwise, so a predictions file never names a preset it was not sampled with."""
     preset = sampler_preset(sampler, model.config.dataset if dataset is None else dataset, model.config.task)
     options = {**preset.options(), **({} if steps is None else {"steps": steps}), **overrides}
@@ -207,7 +209,10 @@ def resolve_sampler(model: DiffCSP, sampler: str, steps: int | None, step_lr: fl
             grid = time_schedule(model.config.timesteps, opts["steps"], opts["schedule"], opts["rho"])
         except ValueError:  # e.g. a preset's 50 steps on a model with T < 50: not what runs
             grid = None
-        return grid, {k: opts.get(k, reference.get(k)) for k in options if k not in ("steps", "schedule", "rho", "device")}
+        ran = {k: opts.get(k, reference.get(k)) for k in options if k not in ("steps", "schedule", "rho", "device")}
+        if "precision" in ran:  # "auto" is whichever of fp32/bf16 the device resolves it to
+            ran["precision"] = resolve_precision(ran["precision"], options.get("device") or "cpu")
+        return grid, ran
 
     unchanged = runs(options) == runs(reference) and math.isclose(gamma, default_lr, rel_tol=1e-9)
     return gamma, options, sampler if unchanged else "custom"
