@@ -203,7 +203,7 @@ def test_fast_presets_return_the_known_crystals(lambdas, dataset):
     assert_returns(result, CRYSTALS)
 
 
-def test_dataset_tuned_presets_apply_to_their_dataset_and_task_only():
+def test_dataset_tuned_presets_apply_to_their_dataset_and_task_only(monkeypatch: pytest.MonkeyPatch):
     tuned, generic = sampler_preset("fast", "perov_5"), sampler_preset("fast")
     assert tuned.corrector_temperature < 1 and tuned.step_lr_scale != generic.step_lr_scale
     assert sampler_preset("fast", "perov_5", "gen") == generic == sampler_preset("fast", "carbon_24")
@@ -227,9 +227,12 @@ def test_dataset_tuned_presets_apply_to_their_dataset_and_task_only():
     assert resolve_sampler(model, "paper", model.config.timesteps, None)[2] == "paper"  # None means T steps
     # options that cannot change what runs: rho on a uniform grid, the device
     assert resolve_sampler(model, "fast", None, None, rho=1.0, device="cpu")[2] == "fast"
-    # precision "auto" counts as what it resolves to here: the preset's fp32 only without native bf16
-    from diffcsp.precision import bf16_native
-    assert resolve_sampler(model, "fast", None, None, precision="auto")[2] == ("custom" if bf16_native("cpu") else "fast")
+    # precision "auto" counts as what it resolves to on the sampling device: fp32 (the default) only without native bf16
+    import diffcsp.precision
+    for native, label in [(True, "custom"), (False, "fast")]:
+        monkeypatch.setattr(diffcsp.precision, "bf16_native", lambda device, native=native: native)
+        assert resolve_sampler(model, "fast", None, None, precision="auto")[2] == label, native
+    monkeypatch.undo()
     for steps, step_lr, overrides in [(100, None, {}), (None, 2 * gamma, {}), (None, None, {"corrector_temperature": 1.0}),
                                       (None, None, {"schedule": "power"}), (None, None, {"clip_lattice": False}),
                                       (None, None, {"precision": "bf16"}), (None, None, {"method": "ddim"})]:

@@ -192,7 +192,7 @@ def resolve_sampler(model: DiffCSP, sampler: str, steps: int | None, step_lr: fl
     the preset; γ defaults to the dataset's value times the preset's scale. The name to record is
     the preset's while what runs is the preset's sampler (the same time grid, γ and options; an
     override equal to the preset's value, a ``rho`` the grid ignores, or a ``precision="auto"`` that
-    resolves to the preset's precision on this device, changes nothing) and
+    resolves to ``sample()``'s default fp32 on the device that samples, changes nothing) and
     ``"custom"`` otherwise, so a predictions file never names a preset it was not sampled with."""
     preset = sampler_preset(sampler, model.config.dataset if dataset is None else dataset, model.config.task)
     options = {**preset.options(), **({} if steps is None else {"steps": steps}), **overrides}
@@ -211,7 +211,8 @@ def resolve_sampler(model: DiffCSP, sampler: str, steps: int | None, step_lr: fl
             grid = None
         ran = {k: opts.get(k, reference.get(k)) for k in options if k not in ("steps", "schedule", "rho", "device")}
         if "precision" in ran:  # "auto" is whichever of fp32/bf16 the device resolves it to
-            ran["precision"] = resolve_precision(ran["precision"], options.get("device") or "cpu")
+            device = options.get("device")  # as sample(): None means the model's own device
+            ran["precision"] = resolve_precision(ran["precision"], next(model.parameters()).device if device is None else device)
         return grid, ran
 
     unchanged = runs(options) == runs(reference) and math.isclose(gamma, default_lr, rel_tol=1e-9)
