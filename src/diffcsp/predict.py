@@ -203,6 +203,8 @@ def resolve_sampler(model: DiffCSP, sampler: str, steps: int | None, step_lr: fl
     gamma = default_lr if step_lr is None else step_lr
     # what the preset runs: its own options, sample()'s defaults for the rest (precision, clip_lattice, …)
     reference = {**{k: p.default for k, p in inspect.signature(sample).parameters.items()}, **preset.options()}
+    device = options.get("device")  # as sample(): None means the model's own device
+    device = next(model.parameters()).device if device is None else device
 
     def runs(opts: dict[str, Any]) -> tuple[list[int] | None, dict[str, Any]]:
         try:
@@ -210,9 +212,8 @@ def resolve_sampler(model: DiffCSP, sampler: str, steps: int | None, step_lr: fl
         except ValueError:  # e.g. a preset's 50 steps on a model with T < 50: not what runs
             grid = None
         ran = {k: opts.get(k, reference.get(k)) for k in options if k not in ("steps", "schedule", "rho", "device")}
-        if "precision" in ran:  # "auto" is whichever of fp32/bf16 the device resolves it to
-            device = options.get("device")  # as sample(): None means the model's own device
-            ran["precision"] = resolve_precision(ran["precision"], next(model.parameters()).device if device is None else device)
+        if "precision" in ran:  # "auto" is whichever of fp32/bf16 the sampling device resolves it to
+            ran["precision"] = resolve_precision(ran["precision"], device)
         return grid, ran
 
     unchanged = runs(options) == runs(reference) and math.isclose(gamma, default_lr, rel_tol=1e-9)
