@@ -18,12 +18,16 @@ import json
 from pathlib import Path
 
 
-def load(run: Path, cpu_per_epoch: float | None) -> tuple[list[float], list[float], str]:
+def load(run: Path, cpu_per_epoch: float | None, per_epoch: bool = False) -> tuple[list[float], list[float], str]:
+    """(x, validation losses, label); x is cumulative CPU seconds, or the epoch with ``per_epoch``."""
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     cfg = json.loads((run / "config.json").read_text())
-    label = (f"{run.name}: batch {cfg['batch_size']}, lr {cfg['lr']:g} {cfg.get('lr_schedule', 'plateau')}, "
+    model = cfg.get("model", {})
+    label = (f"{run.name}: hidden {model.get('hidden', '?')}, batch {cfg['batch_size']}, lr {cfg['lr']:g} {cfg.get('lr_schedule', 'plateau')}, "
              f"EMA {cfg.get('ema_decay', 0) or 'off'}, {cfg.get('precision', 'fp32')}")
     seconds, total = [], 0.0
+    if per_epoch:
+        return [float(r["epoch"]) for r in rows], [float(r["val_loss"]) for r in rows], label
     for r in rows:
         total += cpu_per_epoch if cpu_per_epoch is not None else float(r["cpu_seconds"])
         seconds.append(total)
@@ -56,6 +60,9 @@ def main() -> None:
     p.add_argument("--cpu-per-epoch", action="append", default=[], help="RUN=SECONDS for runs without cpu_seconds")
     p.add_argument("--target", type=float, default=None, help="draw this validation loss and report when each run reaches it")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--x", choices=("cpu", "epoch"), default="cpu",
+                   help="x axis: training CPU seconds (compute) or epochs (data seen)")
+    p.add_argument("--ymax", type=float, default=1.3, help="top of the loss axis (early losses are far higher)")
     p.add_argument("--fp32-val", action="append", default=[], type=Path,
                    help="also recompute this run's best validation loss in float32 (for bf16 runs)")
     args = p.parse_args()
@@ -69,19 +76,22 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
+    lowest = float("inf")
     for run in args.runs:
-        seconds, losses, label = load(run, fixed.get(run))
+        seconds, losses, label = load(run, fixed.get(run), per_epoch=args.x == "epoch")
         ax.plot(seconds, losses, label=label, lw=1.2)
         best = min(losses)
+        lowest = min(lowest, best)
         reach = next((s for s, v in zip(seconds, losses) if args.target is not None and v <= args.target), None)
-        print(f"{run}: best val loss {best:.4f} after {seconds[losses.index(best)]:.0f} CPU s; "
-              f"{'reaches %.4f at %.0f CPU s' % (args.target, reach) if reach is not None else 'does not reach the target'}"
-              f"; {seconds[-1]:.0f} CPU s in all")
+        unit = "CPU s" if args.x == "cpu" else "epochs"
+        print(f"{run}: best val loss {best:.4f} after {seconds[losses.index(best)]:.0f} {unit}; "
+              f"{'reaches %.4f at %.0f %s' % (args.target, reach, unit) if reach is not None else 'does not reach the target'}"
+              f"; {seconds[-1]:.0f} {unit} in all")
     if args.target is not None:
         ax.axhline(args.target, color="k", ls=":", lw=1, label=f"target {args.target:g}")
-    ax.set_xlabel("training CPU seconds (one thread)")
+    ax.set_xlabel("training CPU seconds (process CPU time, all threads)" if args.x == "cpu" else "epoch")
     ax.set_ylabel("validation loss")
-    ax.set_ylim(top=min(1.3, ax.get_ylim()[1]))
+    ax.set_ylim(lowest - 0.05 * (args.ymax - lowest), min(args.ymax, ax.get_ylim()[1]))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
