@@ -1,10 +1,12 @@
-"""Validation loss against training compute for several runs, in one plot.
+"""Validation loss against training compute (or epochs) for several runs, in one plot.
 
 Each run's ``metrics.csv`` gives the validation loss per epoch. The x axis is CPU seconds
-(``cpu_seconds``, this process's CPU time, which stays comparable when the machine is shared);
+(``cpu_seconds``, this process's CPU time over all its threads, which stays comparable when the
+machine is shared), or the epoch with ``--x epoch`` (data seen rather than compute);
 for a run recorded before that column existed, ``--cpu-per-epoch RUN=SECONDS`` supplies the
 per-epoch CPU time measured for the same settings on the machine being compared (e.g. from
-another run of the same network, batch size and precision).
+another run of the same network, batch size and precision). ``--ymax`` sets the top of the loss
+axis (the first epochs' losses are far higher than the rest).
 
     python bench/training_curves.py runs/perov_5_cpu runs/perov_5_cpu_fast \\
         --cpu-per-epoch runs/perov_5_cpu=2.16 --target 0.8240 --out bench/results/training/perov_5.png
@@ -57,7 +59,7 @@ def fp32_val_loss(run: Path) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", type=Path)
-    p.add_argument("--cpu-per-epoch", action="append", default=[], help="RUN=SECONDS for runs without cpu_seconds")
+    p.add_argument("--cpu-per-epoch", action="append", default=[], help="RUN=SECONDS for runs without cpu_seconds (CPU-seconds axis only)")
     p.add_argument("--target", type=float, default=None, help="draw this validation loss and report when each run reaches it")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--x", choices=("cpu", "epoch"), default="cpu",
@@ -83,15 +85,18 @@ def main() -> None:
         best = min(losses)
         lowest = min(lowest, best)
         reach = next((s for s, v in zip(seconds, losses) if args.target is not None and v <= args.target), None)
-        unit = "CPU s" if args.x == "cpu" else "epochs"
-        print(f"{run}: best val loss {best:.4f} after {seconds[losses.index(best)]:.0f} {unit}; "
-              f"{'reaches %.4f at %.0f %s' % (args.target, reach, unit) if reach is not None else 'does not reach the target'}"
-              f"; {seconds[-1]:.0f} {unit} in all")
+        at = "after %.0f CPU s" if args.x == "cpu" else "at epoch %.0f"
+        print(f"{run}: best val loss {best:.4f} {at % seconds[losses.index(best)]}; "
+              f"{('reaches %.4f ' % args.target + at % reach) if reach is not None else 'does not reach the target'}"
+              f"; {'%.0f CPU s' % seconds[-1] if args.x == 'cpu' else '%d epochs' % len(seconds)} in all")
     if args.target is not None:
         ax.axhline(args.target, color="k", ls=":", lw=1, label=f"target {args.target:g}")
     ax.set_xlabel("training CPU seconds (process CPU time, all threads)" if args.x == "cpu" else "epoch")
     ax.set_ylabel("validation loss")
-    ax.set_ylim(lowest - 0.05 * (args.ymax - lowest), min(args.ymax, ax.get_ylim()[1]))
+    top = min(args.ymax, ax.get_ylim()[1])
+    ax.set_ylim(top=top)
+    if lowest < top:  # every loss above --ymax: keep matplotlib's bottom rather than invert the axis
+        ax.set_ylim(bottom=lowest - 0.05 * (top - lowest))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
