@@ -27,9 +27,9 @@ def load(run: Path, cpu_per_epoch: float | None, per_epoch: bool = False) -> tup
     model = cfg.get("model", {})
     label = (f"{run.name}: hidden {model.get('hidden', '?')}, batch {cfg['batch_size']}, lr {cfg['lr']:g} {cfg.get('lr_schedule', 'plateau')}, "
              f"EMA {cfg.get('ema_decay', 0) or 'off'}, {cfg.get('precision', 'fp32')}")
-    seconds, total = [], 0.0
     if per_epoch:
         return [float(r["epoch"]) for r in rows], [float(r["val_loss"]) for r in rows], label
+    seconds, total = [], 0.0
     for r in rows:
         total += cpu_per_epoch if cpu_per_epoch is not None else float(r["cpu_seconds"])
         seconds.append(total)
@@ -85,10 +85,12 @@ def main() -> None:
         best = min(losses)
         lowest = min(lowest, best)
         reach = next((s for s, v in zip(seconds, losses) if args.target is not None and v <= args.target), None)
-        at = "after %.0f CPU s" if args.x == "cpu" else "at epoch %.0f"
-        print(f"{run}: best val loss {best:.4f} {at % seconds[losses.index(best)]}; "
-              f"{('reaches %.4f ' % args.target + at % reach) if reach is not None else 'does not reach the target'}"
-              f"; {'%.0f CPU s' % seconds[-1] if args.x == 'cpu' else '%d epochs' % len(seconds)} in all")
+        def at(x: float) -> str:
+            return f"after {x:.0f} CPU s" if args.x == "cpu" else f"at epoch {x:.0f}"
+
+        reached = f"reaches {args.target:.4f} {at(reach)}" if reach is not None else "does not reach the target"
+        total = f"{seconds[-1]:.0f} CPU s" if args.x == "cpu" else f"{len(seconds)} epochs"
+        print(f"{run}: best val loss {best:.4f} {at(seconds[losses.index(best)])}; {reached}; {total} in all")
     if args.target is not None:
         ax.axhline(args.target, color="k", ls=":", lw=1, label=f"target {args.target:g}")
     ax.set_xlabel("training CPU seconds (process CPU time, all threads)" if args.x == "cpu" else "epoch")
