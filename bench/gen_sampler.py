@@ -69,8 +69,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model = load_model(args.run, task="gen")
     train, heldout, _ = resolve_protocol(TrainConfig.from_preset(args.dataset, "unused"), progress=False)
-    references = {name: part.structures() for name, part in (("heldout", heldout), ("train", train))
-                  if name in (args.reference or ("heldout", "train"))}
+    parts = {"heldout": heldout, "train": train}
+    references = {name: parts[name].structures() for name in (args.reference or parts)}
     cutoffs = get_dataset(args.dataset).coverage_cutoffs
     lo, hi = parse_window(args.bond_window)
     gamma = default_step_lr(model)
