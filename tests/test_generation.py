@@ -109,9 +109,28 @@ def test_generate_cli_corrector_temperature(gen_run: Path, tmp_path: Path):
     assert not bad.exists()
 
 
-def test_wrong_model_kind_is_a_clear_error(gen_run: Path, tmp_path: Path):
-    res = cli("predict", "SrTiO3", "--checkpoint", str(gen_run), "--out", str(tmp_path / "p"))
-    assert res.returncode == 1 and "generation model" in res.stderr and "Traceback" not in res.stderr
+def test_generation_model_does_csp_of_a_split(gen_run: Path, tmp_path: Path, datasets_dir):
+    """`diffcsp sample` with a generation model: each sample has its ground truth's atoms
+    (the type channel is held at them, not sampled), and `diffcsp evaluate` scores the file."""
+    out = tmp_path / "csp_by_gen.json.gz"
+    res = cli("sample", "-c", str(gen_run), "--dataset", "perov_5", "--data-dir", str(datasets_dir), "--limit", "4",
+              "-k", "2", "--steps", "5", "--corrector-temperature", "0.5", "--out", str(out), "--threads", "1")
+    assert res.returncode == 0, res.stderr[-2000:]
+    preds = Predictions.load(out)
+    assert preds.task == "csp" and preds.meta["model"]["task"] == "gen" and len(preds.crystals) == 4
+    assert preds.meta["corrector_temperature"] == 0.5 and preds.meta["sampler"] == "custom"
+    for crystal in preds.crystals:
+        for s in crystal["samples"]:
+            assert s["numbers"] == crystal["ground_truth"]["numbers"]
+    res = cli("evaluate", str(out), "--data-dir", str(datasets_dir), "--workers", "1", "--json", str(tmp_path / "m.json"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads((tmp_path / "m.json").read_text())["n"] == 4
+
+
+def test_wrong_model_kind_is_a_clear_error(tmp_path: Path):
+    """A CSP model cannot generate (it has no type channel); the reverse works (see above)."""
+    res = cli("generate", "-c", "perov_5_wide", "-n", "1", "--steps", "2", "--out", str(tmp_path / "g"))
+    assert res.returncode == 1 and "CSP model" in res.stderr and "Traceback" not in res.stderr
 
 
 def test_bundled_generation_model_makes_valid_perovskites(tmp_path: Path):

@@ -148,7 +148,7 @@ class Oracle(nn.Module):
             eps_a = torch.from_numpy((types.double().numpy() - math.sqrt(ab) * A0) / math.sqrt(1 - ab)).float()
         if self.record:
             self.calls.append({"t": tt, "frac": frac.double().numpy().copy(), "lattice": lattice.double().numpy().copy(),
-                               "score_f": eps_f * math.sqrt(lam), "eps_l": eps_l})
+                               "score_f": eps_f * math.sqrt(lam), "eps_l": eps_l, "types": types.double().numpy().copy()})
         return torch.from_numpy(eps_l).float(), torch.from_numpy(eps_f).float(), eps_a
 
 
@@ -263,6 +263,33 @@ def test_generation_returns_the_known_crystals(lambdas, steps):
     result = sample(model, [len(c.numbers) for c in CRYSTALS], None, step_lr=get_dataset("perov_5").step_lr("gen"),
                     steps=steps, seed=1, progress=False, device="cpu")
     assert_returns(result, CRYSTALS)  # includes argmax of the one-hot types = A0
+
+
+@pytest.mark.parametrize("method", ["pc", "heun"])
+def test_generation_model_given_types_keeps_them(lambdas, method):
+    """CSP with a generation model: given atom types, the type channel is held at them.
+
+    The types given are not the oracle's (every atom Fe), so a sampler that sampled the types
+    would return the oracle's. At every call the network must see the given one-hot noised to
+    that call's level, √ᾱ_t·A + √(1−ᾱ_t)·ε, with one ε for the whole chain; lattice and
+    coordinates come out as without types (same random stream, and this oracle ignores types)."""
+    sizes = [len(c.numbers) for c in CRYSTALS]
+    given = torch.full((sum(sizes),), 26)
+    gamma = get_dataset("perov_5").step_lr("gen")
+    model = oracle_model(lambdas, task="gen", key="order", record=True)
+    result = sample(model, sizes, given, step_lr=gamma, steps=20, seed=1, progress=False, device="cpu", method=method)
+    assert result.numbers.tolist() == given.tolist()
+    onehot = np.eye(NUM_ELEMENTS)[given.numpy() - 1]
+    eps = [(c["types"] - math.sqrt(AB[c["t"]]) * onehot) / math.sqrt(1 - AB[c["t"]]) for c in model.net.calls]
+    assert len(eps) > 20 and {c["t"] for c in model.net.calls} >= {1, T}
+    for e in eps:
+        np.testing.assert_allclose(e, eps[0], atol=1e-3)  # float32 state against float64 ᾱ_t
+    assert abs(eps[0].std() - 1) < 0.1  # a standard normal draw (1,400 numbers), not the one-hot
+    free = oracle_model(lambdas, task="gen", key="order")
+    unclamped = sample(free, sizes, None, step_lr=gamma, steps=20, seed=1, progress=False, device="cpu", method=method)
+    assert unclamped.numbers.tolist() == types_of(CRYSTALS).tolist()  # the oracle's own types, when sampled
+    np.testing.assert_array_equal(result.lattices, unclamped.lattices)
+    np.testing.assert_array_equal(result.frac_coords, unclamped.frac_coords)
 
 
 def test_chunks_keep_each_crystals_atoms(lambdas):

@@ -66,6 +66,7 @@ Steps = Annotated[Optional[int], typer.Option("--steps", help="Reverse diffusion
 Seed = Annotated[int, typer.Option("--seed", help="Random seed.")]
 Sampler = Annotated[str, typer.Option("--sampler", help="'auto' (default): 'fast' for models trained on Perov-5 or Carbon-24 (the bundled ones), where it was measured to keep the match rate and RMSE of the paper's sampler (BENCHMARKS.md, 'Few-step sampling'), 'paper' for any other model. 'fast': 50 predictor-corrector steps, 100 network calls (20x fewer; on Perov-5 a cooler, larger corrector step). 'paper': the paper's 1000 steps (2000 calls). --steps/--step-lr override the preset.")]
 Threads = Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch (default: torch's choice).")]
+CorrectorTemperature = Annotated[Optional[float], typer.Option("--corrector-temperature", help="κ in [0, 1] scales the noise of the corrector's Langevin step (1: the paper's sampler; default: the --sampler preset's). A cooler corrector sharpens each noise level's density.", show_default=False)]
 
 
 def _model_with_threads(checkpoint: Path | None, threads: int | None, task: str = "csp"):
@@ -324,7 +325,7 @@ def _print_ranked_table(rows: list[dict], title: str) -> None:
 
 @app.command("sample")
 def sample_cmd(
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="CSP model (run dir, .ckpt or exported model).")],
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="CSP model (run dir, .ckpt, exported model or bundled name), or a generation model: its atom types are then held at each crystal's own, and its generation sampler presets and step size apply.")],
     dataset: Annotated[str, typer.Option("--dataset", help="Dataset whose split is predicted.")],
     out: Annotated[Path, typer.Option("--out", help="Predictions file to write (.json.gz).")],
     split: Annotated[str, typer.Option("--split", help="Split to predict.")] = "test",
@@ -333,6 +334,7 @@ def sample_cmd(
     sampler: Annotated[str, typer.Option("--sampler", help="'paper' (default here: the paper's 1000 predictor-corrector steps, for benchmarks), 'fast' (50 steps, 100 network calls; see diffcsp predict --help) or 'auto' (fast where measured).")] = "paper",
     steps: Steps = None,
     step_lr: Annotated[Optional[float], typer.Option("--step-lr", help="Corrector step size (default: the paper's value for the dataset and k; docs/method.md §Sampling).")] = None,
+    corrector_temperature: CorrectorTemperature = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Crystals sampled together.")] = 1024,
     seed: Seed = 0,
     data_dir: DataDir = None,
@@ -349,8 +351,9 @@ def sample_cmd(
         table = load_split(dataset, split, data_dir)
         if limit:
             table = table.subset(np.arange(min(limit, len(table))))
+        options = {} if corrector_temperature is None else {"corrector_temperature": corrector_temperature}
         preds = predict_split(model, table, num_samples, steps=steps, step_lr=step_lr, seed=seed, batch_size=batch_size,
-                              sampler=sampler)
+                              sampler=sampler, **options)
         preds.meta.update(checkpoint=str(checkpoint), limit=limit)
         preds.save(out)
         typer.echo(f"wrote {out}: {len(table)} crystals × {num_samples} samples in {preds.meta['sampling_seconds']:.0f} s")
@@ -364,7 +367,7 @@ def generate_cmd(
     steps: Steps = None,
     step_lr: Annotated[Optional[float], typer.Option("--step-lr", help="Corrector step size (default: the paper's ab initio value for the model's dataset).")] = None,
     sampler: Annotated[str, typer.Option("--sampler", help="'auto' (default): the paper's 1000 predictor-corrector steps, except for Carbon-24 models, where the corrector runs cooler (κ = 0.3; on the test split COV-P 34 → 65 %, W(density) 0.143 → 0.078, COV-R 99.1 → 98.8 %, sharper C–C bonds; BENCHMARKS.md, 'A cooler corrector raises COV-P'). 'paper': the paper's sampler for every model, as in the published tables.")] = "auto",
-    corrector_temperature: Annotated[Optional[float], typer.Option("--corrector-temperature", help="κ in [0, 1] scales the noise of the corrector's Langevin step (1: the paper's sampler; default: the --sampler preset's). A cooler corrector sharpens each noise level's density.", show_default=False)] = None,
+    corrector_temperature: CorrectorTemperature = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Crystals sampled together.")] = 512,
     seed: Seed = 0,
     reference_split: Annotated[str, typer.Option("--reference-split", help="Split `diffcsp evaluate` compares against.")] = "test",

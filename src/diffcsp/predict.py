@@ -147,10 +147,9 @@ def plan_prediction(model: DiffCSP, composition: CompositionLike, n: int, formul
 
     ``formula_units=None`` draws Z with probability ∝ how many training cells had Z·(atoms per
     unit) atoms (seeded by ``seed``); if none did, Z = 1 with a note. A ``Structure`` fixes Z to
-    its own cell's.
+    its own cell's. A generation model predicts too, its type channel held at the composition
+    (see :func:`diffcsp.sampler.sample`).
     """
-    if model.is_gen:
-        raise CompositionError("this is an ab initio generation model; use a CSP model to predict a composition")
     if n < 1:
         raise ValueError(f"n must be ≥ 1, got {n}")
     if isinstance(composition, Structure):
@@ -451,12 +450,13 @@ def predict_split(model: DiffCSP, table, num_samples: int = 1, steps: int | None
                   **sampler_options: Any) -> Predictions:
     """CSP for every crystal of a table (given its atoms), ``num_samples`` each, as a predictions file.
 
+    ``model`` is a CSP model or a generation model; the latter samples lattice and coordinates
+    with its type channel held at the given atoms (see :func:`diffcsp.sampler.sample`), with
+    its own sampler presets and step sizes (those of ab initio generation).
     ``sampler`` names a preset (default ``"paper"``: benchmarks reproduce the paper's sampler);
     ``steps``/``step_lr`` and ``sampler_options`` (``method``, ``schedule``, ``rho``,
     ``clip_lattice``, ``precision``, ``corrector_temperature``) override it and go to
     :func:`diffcsp.sampler.sample`."""
-    if model.is_gen:
-        raise CompositionError("this is a generation model; use `diffcsp generate`")
     too_big = int((table.num_atoms > model.config.max_atoms).sum())
     if too_big:
         raise CompositionError(f"{too_big} crystals exceed the model's {model.config.max_atoms} atoms")

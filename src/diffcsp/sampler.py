@@ -174,9 +174,13 @@ def sample(model: DiffCSP, num_atoms: torch.Tensor | list[int], atom_types: torc
            corrector_temperature: float = 1.0) -> SampleResult:
     """Sample lattices and coordinates (and types, for generation) for crystals of given sizes.
 
-    ``atom_types`` (atomic numbers, atoms concatenated in crystal order) is required for CSP
-    and ignored for generation. Crystals are processed in chunks of ``batch_size``; the random
-    stream depends only on ``seed`` and the chunking.
+    ``atom_types`` (atomic numbers, atoms concatenated in crystal order) is required for CSP.
+    A generation model given ``atom_types`` does CSP too: its type channel is not sampled but
+    held at the known types, noised to each step's level (the replacement method of
+    inpainting), so the network sees types as in training and the lattice and coordinates are
+    sampled for that composition. Crystals are processed in chunks of ``batch_size``; the
+    random stream depends only on ``seed`` and the chunking, and is the same with or without
+    ``atom_types``.
 
     ``method``: ``"pc"`` is the paper's predictor–corrector sampler (ancestral predictor);
     ``"pc-ddim-lattice"`` keeps it for the coordinates but moves the lattice by DDIM steps;
@@ -214,7 +218,7 @@ def sample(model: DiffCSP, num_atoms: torch.Tensor | list[int], atom_types: torc
     out_types, out_frac, out_lat = [], [], []
     for lo, hi in chunks:
         n = num_atoms[lo:hi].to(device)
-        types = None if atom_types is None or model.is_gen else torch.as_tensor(atom_types)[offsets[lo] : offsets[hi]].to(device)
+        types = None if atom_types is None else torch.as_tensor(atom_types)[offsets[lo] : offsets[hi]].to(device)
         t, f, lat = _sample_chunk(model, n, types, step_lr, times, gen, bar, bound, method, precision=precision,
                                   temperature=corrector_temperature)
         out_types.append(t.cpu())
@@ -276,6 +280,9 @@ def _sample_chunk(model: DiffCSP, num_atoms: torch.Tensor, types: torch.Tensor |
     if frac_init is not None:
         frac = frac_init.to(device=device, dtype=frac.dtype)
     types_x = randn(N, NUM_ELEMENTS) if model.is_gen else types
+    # generation model with known types (CSP): one fixed draw ε noises the known one-hot to each
+    # level t, √ᾱ_t·onehot + √(1−ᾱ_t)·ε, a sample of q(a_t | a_0) as in training; no extra draws
+    clamp = (onehot_types(types).to(device), types_x) if model.is_gen and types is not None else None
     net = model.net
     # two-stage networks take the stage as a sixth argument; others are called exactly as always
     stage_arg = () if stage is None else (torch.full((B,), stage, device=device, dtype=torch.long),)
@@ -290,6 +297,8 @@ def _sample_chunk(model: DiffCSP, num_atoms: torch.Tensor, types: torch.Tensor |
     for i, t in enumerate(times):
         s = times[i + 1] if i + 1 < len(times) else 0
         last = s == 0  # z = 0 in the last step, for corrector and predictor alike
+        if clamp is not None:
+            types_x = lproc.add_noise(clamp[0], torch.tensor(t, device=device), clamp[1])
         # 1. corrector: Langevin on F at noise level σ_t (two-stage: only while F is generated)
         if step_lr > 0 and move_f:
             _, score_f, _ = call(t, types_x, frac, lattice)
@@ -310,6 +319,8 @@ def _sample_chunk(model: DiffCSP, num_atoms: torch.Tensor, types: torch.Tensor |
             lat_s = lproc.ddim_step(lattice, eps_l, t, s, lat_clip) if move_l else lattice
             frac_s = fproc.ddim_step(frac, score_f, t, s) if move_f else frac
             types_s = lproc.ddim_step(types_x, eps_a, t, s, type_clip) if model.is_gen else types_x
+            if clamp is not None:  # Heun's second call sees the known types at level s
+                types_s = lproc.add_noise(clamp[0], torch.tensor(s, device=device), clamp[1])
             if method == "heun" and not last:
                 # Heun: average the noise estimates at both ends (in the σ variable of each
                 # process, e = ε̂ for the DDPM parts and e = σ·ŝ for the coordinates).
@@ -323,10 +334,7 @@ def _sample_chunk(model: DiffCSP, num_atoms: torch.Tensor, types: torch.Tensor |
             lattice, frac, types_x = lat_s, frac_s, types_s
         if bar is not None:
             bar.update(1)
-    if model.is_gen:
-        out_types = types_x.argmax(-1) + 1
-    else:
-        out_types = types
+    out_types = types_x.argmax(-1) + 1 if types is None else types
     return out_types, frac, lattice
 
 
