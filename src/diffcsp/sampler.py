@@ -280,9 +280,14 @@ def _sample_chunk(model: DiffCSP, num_atoms: torch.Tensor, types: torch.Tensor |
     if frac_init is not None:
         frac = frac_init.to(device=device, dtype=frac.dtype)
     types_x = randn(N, NUM_ELEMENTS) if model.is_gen else types
-    # generation model with known types (CSP): one fixed draw ε noises the known one-hot to each
-    # level t, √ᾱ_t·onehot + √(1−ᾱ_t)·ε, a sample of q(a_t | a_0) as in training; no extra draws
-    clamp = (onehot_types(types).to(device), types_x) if model.is_gen and types is not None else None
+    held = None
+    if model.is_gen and types is not None:
+        # generation model with known types (CSP): one fixed draw ε noises the known one-hot to
+        # each level, √ᾱ_t·onehot + √(1−ᾱ_t)·ε, a sample of q(a_t | a_0) as in training
+        onehot, eps_held = onehot_types(types).to(device), types_x
+
+        def held(level: int) -> torch.Tensor:
+            return lproc.add_noise(onehot, torch.tensor(level, device=device), eps_held)
     net = model.net
     # two-stage networks take the stage as a sixth argument; others are called exactly as always
     stage_arg = () if stage is None else (torch.full((B,), stage, device=device, dtype=torch.long),)
@@ -297,8 +302,8 @@ def _sample_chunk(model: DiffCSP, num_atoms: torch.Tensor, types: torch.Tensor |
     for i, t in enumerate(times):
         s = times[i + 1] if i + 1 < len(times) else 0
         last = s == 0  # z = 0 in the last step, for corrector and predictor alike
-        if clamp is not None:
-            types_x = lproc.add_noise(clamp[0], torch.tensor(t, device=device), clamp[1])
+        if held is not None:
+            types_x = held(t)
         # 1. corrector: Langevin on F at noise level σ_t (two-stage: only while F is generated)
         if step_lr > 0 and move_f:
             _, score_f, _ = call(t, types_x, frac, lattice)
@@ -313,14 +318,14 @@ def _sample_chunk(model: DiffCSP, num_atoms: torch.Tensor, types: torch.Tensor |
                 lattice = lproc.reverse_step(lattice, eps_l, t, s, None if last else randn(B, 3, 3), clip_x0=lat_clip)
             if move_f:
                 frac = fproc.predictor_step(frac, score_f, t, s, None if last else randn(N, 3))
-            if model.is_gen:
+            if model.is_gen:  # with held types this step is replaced next loop, but keeps the random stream
                 types_x = lproc.reverse_step(types_x, eps_a, t, s, None if last else randn(N, NUM_ELEMENTS), clip_x0=type_clip)
         else:
             lat_s = lproc.ddim_step(lattice, eps_l, t, s, lat_clip) if move_l else lattice
             frac_s = fproc.ddim_step(frac, score_f, t, s) if move_f else frac
             types_s = lproc.ddim_step(types_x, eps_a, t, s, type_clip) if model.is_gen else types_x
-            if clamp is not None:  # Heun's second call sees the known types at level s
-                types_s = lproc.add_noise(clamp[0], torch.tensor(s, device=device), clamp[1])
+            if held is not None:  # Heun's second call sees the known types at level s
+                types_s = held(s)
             if method == "heun" and not last:
                 # Heun: average the noise estimates at both ends (in the σ variable of each
                 # process, e = ε̂ for the DDPM parts and e = σ·ŝ for the coordinates).
