@@ -307,3 +307,21 @@ def test_failed_sample_gets_a_row_and_no_files(tmp_path):
     assert rows[1]["spacegroup"] == "Pm-3m (221)"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["SrTiO3_01.cif", "SrTiO3_01_sym.cif", "summary.csv"]
     assert [r["file"] for r in read_summary(tmp_path)] == ["", "SrTiO3_01.cif"]
+
+
+def test_predict_corrector_temperature_reaches_the_sampler(bundled, tmp_path):
+    """``predict(..., corrector_temperature=κ)`` and ``diffcsp predict --corrector-temperature``
+    reach the sampler: κ scales only the corrector's noise, so without a corrector (step_lr = 0)
+    it cannot change the samples, and with one it must; the CLI writes the library's samples."""
+    def lattices(**kw):
+        return np.array([s.lattice.parameters for s in predict("SrTiO3", n=3, model=bundled, steps=STEPS, seed=2, **kw)])
+
+    assert np.array_equal(lattices(step_lr=0.0, corrector_temperature=0.3), lattices(step_lr=0.0))
+    cool = lattices(corrector_temperature=0.3)
+    assert not np.allclose(cool, lattices())
+    out = tmp_path / "cool"
+    res = CliRunner().invoke(app, ["predict", "SrTiO3", "-n", "3", "--steps", str(STEPS), "--seed", "2",
+                                   "--corrector-temperature", "0.3", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    written = np.array([Structure.from_file(out / f"SrTiO3_0{i}.cif").lattice.parameters for i in range(3)])
+    assert np.allclose(written, cool, atol=1e-3)

@@ -235,6 +235,7 @@ def predict_cmd(
     sampler: Sampler = "auto",
     steps: Annotated[Optional[int], typer.Option("--steps", help="Reverse diffusion steps (default: the sampler preset's, 1000 for 'paper', 50 for 'fast').")] = None,
     step_lr: Annotated[Optional[float], typer.Option("--step-lr", help="Corrector step size γ (default: the paper's value for the model's dataset, times the preset's scale).")] = None,
+    corrector_temperature: CorrectorTemperature = None,
     seed: Seed = 0,
     threads: Annotated[int, typer.Option("--threads", help="CPU threads for torch (a few small cells: one is fastest).")] = 1,
     relax: Annotated[bool, typer.Option("--relax", help="Relax every sample with the pretrained CHGNet potential (needs the package's 'relax' extra), merge equivalent results and rank them by energy: OUT gets rankNN_ files and the ranked summary.csv, the raw samples go to OUT/samples/.")] = False,
@@ -284,7 +285,8 @@ def predict_cmd(
         plan = plan_prediction(model, composition, n, formula_units, seed)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            structures = sample_plan(model, plan, steps=steps, step_lr=step_lr, seed=seed, progress=True, sampler=sampler)
+            structures = sample_plan(model, plan, steps=steps, step_lr=step_lr, seed=seed, progress=True, sampler=sampler,
+                                     corrector_temperature=corrector_temperature)
         for note in plan.notes + [str(w.message) for w in caught]:
             console.print(f"[yellow]warning:[/yellow] {note}")
         stem = "".join(ch for ch in name if ch.isalnum()) or "crystal"

@@ -221,13 +221,14 @@ def resolve_sampler(model: DiffCSP, sampler: str, steps: int | None, step_lr: fl
 
 def sample_plan(model: DiffCSP, plan: PredictionPlan, steps: int | None = None, step_lr: float | None = None,
                 seed: int | None = 0, progress: bool = False, device: str | torch.device | None = None,
-                sampler: str = "auto") -> list[Structure | None]:
+                sampler: str = "auto", corrector_temperature: float | None = None) -> list[Structure | None]:
     """Sample every cell of a plan in one sampler call (cells of different sizes batch together).
 
-    ``sampler`` names a preset of :data:`diffcsp.sampler.SAMPLERS`; ``steps``/``step_lr``
-    override its number of steps and its corrector step size."""
+    ``sampler`` names a preset of :data:`diffcsp.sampler.SAMPLERS`; ``steps``/``step_lr``/
+    ``corrector_temperature`` override its number of steps, corrector step size and κ."""
     n = len(plan.formula_units)
-    step_lr, options, _ = resolve_sampler(model, sampler, steps, step_lr, num_samples=n)
+    overrides = {} if corrector_temperature is None else {"corrector_temperature": corrector_temperature}
+    step_lr, options, _ = resolve_sampler(model, sampler, steps, step_lr, num_samples=n, **overrides)
     cells = [plan.cell(i) for i in range(n)]
     result = sample(model, [len(c) for c in cells], torch.tensor([z for c in cells for z in c]), step_lr=step_lr,
                     seed=seed, progress=progress, device=device, **options)
@@ -237,7 +238,7 @@ def sample_plan(model: DiffCSP, plan: PredictionPlan, steps: int | None = None, 
 def predict(composition: CompositionLike, n: int = 1, model: DiffCSP | str | Path | None = None,
             formula_units: int | None = None, steps: int | None = None, step_lr: float | None = None,
             seed: int | None = 0, progress: bool = False, device: str | torch.device | None = None,
-            sampler: str = "auto") -> list[Structure | None]:
+            sampler: str = "auto", corrector_temperature: float | None = None) -> list[Structure | None]:
     """Predict ``n`` crystal structures for a composition with a CSP model (default: bundled).
 
     ``composition``: a formula ("LiFePO4"), a pymatgen ``Composition``, a species list, or a
@@ -246,8 +247,8 @@ def predict(composition: CompositionLike, n: int = 1, model: DiffCSP | str | Pat
     ``sampler``: ``"auto"`` (default) is ``"fast"`` for models trained on Perov-5 or Carbon-24,
     where its 50 predictor–corrector steps (100 network calls instead of 2000) were measured to
     keep the match rate and precision of the paper's 1000 steps (BENCHMARKS.md, "Few-step
-    sampling"), and ``"paper"`` for any other model; either can be named. ``steps`` and ``step_lr``
-    override the preset (``step_lr`` defaults to the paper's corrector
+    sampling"), and ``"paper"`` for any other model; either can be named. ``steps``, ``step_lr``
+    and ``corrector_temperature`` (κ) override the preset (``step_lr`` defaults to the paper's corrector
     step size for the model's training dataset, times the preset's scale). Unusual inputs (unseen elements or cell sizes) give ``UserWarning``s. A sample whose sampler
     output is not finite (a diverging or damaged model) comes back as ``None``, with a warning.
     """
@@ -257,7 +258,7 @@ def predict(composition: CompositionLike, n: int = 1, model: DiffCSP | str | Pat
     for note in plan.notes:
         warnings.warn(note, stacklevel=2)
     return sample_plan(model, plan, steps=steps, step_lr=step_lr, seed=seed, progress=progress, device=device,
-                       sampler=sampler)
+                       sampler=sampler, corrector_temperature=corrector_temperature)
 
 
 def default_step_lr(model: DiffCSP, num_samples: int = 1, dataset: str | None = None) -> float:
