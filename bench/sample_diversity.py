@@ -2,8 +2,8 @@
 """How many distinct structures a crystal's k samples are, by the benchmark's own matcher.
 
     python bench/sample_diversity.py bench/results/carbon_24/k20_first200_fast_wide400ft400.json.gz \
-        bench/results/carbon_24/k20_first200_cool250_wide400ft400.json.gz --limit 50 --workers 2 \
-        --json bench/results/carbon_24/k20_first50_diversity.json
+        bench/results/carbon_24/k20_first200_cool250_wide400ft400.json.gz --workers 2 \
+        --json bench/results/carbon_24/k20_first200_diversity_fast_vs_cool250.json
 
 A sampler that makes each sample more precise can also make the samples of one composition
 collapse onto fewer structures; with k samples the match rate then grows more slowly with k.
@@ -18,7 +18,6 @@ that exceed the match timeout count as different (reported).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
