@@ -225,6 +225,10 @@ def test_dataset_tuned_presets_apply_to_their_dataset_and_task_only(monkeypatch:
     assert resolve_sampler(model, "fast", 50, gamma, corrector_temperature=tuned.corrector_temperature,
                            precision="fp32")[2] == "fast"  # overrides equal to the preset's values
     assert resolve_sampler(model, "paper", model.config.timesteps, None)[2] == "paper"  # None means T steps
+    # an option passed as None (a CLI flag left unset) keeps the preset's value: the tuned κ, not sample()'s 1.0
+    unset = resolve_sampler(model, "fast", None, None, corrector_temperature=None, method=None)
+    assert unset[1]["corrector_temperature"] == tuned.corrector_temperature and unset[1]["method"] == "pc"
+    assert unset[2] == "fast"
     # options that cannot change what runs: rho on a uniform grid, the device
     assert resolve_sampler(model, "fast", None, None, rho=1.0, device="cpu")[2] == "fast"
     # precision "auto" counts as what it resolves to on the sampling device: fp32 (the default) only without native bf16

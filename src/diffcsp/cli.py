@@ -69,11 +69,6 @@ Threads = Annotated[Optional[int], typer.Option("--threads", help="CPU threads f
 CorrectorTemperature = Annotated[Optional[float], typer.Option("--corrector-temperature", help="κ in [0, 1] scales the noise of the corrector's Langevin step (1: the paper's sampler; default: the --sampler preset's). A cooler corrector sharpens each noise level's density.", show_default=False)]
 
 
-def _temperature_option(corrector_temperature: float | None) -> dict:
-    """``--corrector-temperature`` as a sampler override; unset keeps the preset's κ."""
-    return {} if corrector_temperature is None else {"corrector_temperature": corrector_temperature}
-
-
 def _model_with_threads(checkpoint: Path | None, threads: int | None, task: str = "csp"):
     """Set torch's thread count (if asked) and load a model: the start of every sampling command."""
     import torch
@@ -359,7 +354,7 @@ def sample_cmd(
         if limit:
             table = table.subset(np.arange(min(limit, len(table))))
         preds = predict_split(model, table, num_samples, steps=steps, step_lr=step_lr, seed=seed, batch_size=batch_size,
-                              sampler=sampler, **_temperature_option(corrector_temperature))
+                              sampler=sampler, corrector_temperature=corrector_temperature)
         preds.meta.update(checkpoint=str(checkpoint), limit=limit)
         preds.save(out)
         typer.echo(f"wrote {out}: {len(table)} crystals × {num_samples} samples in {preds.meta['sampling_seconds']:.0f} s")
@@ -390,7 +385,7 @@ def generate_cmd(
         model = _model_with_threads(checkpoint, threads, task="gen")
         preds, structures = generate(model, n, steps=steps, step_lr=step_lr, seed=seed, batch_size=batch_size,
                                      reference_split=reference_split, sampler=sampler,
-                                     **_temperature_option(corrector_temperature))
+                                     corrector_temperature=corrector_temperature)
         preds.meta.update(checkpoint=str(checkpoint or f"bundled:{DEFAULT_GEN_MODEL}"),
                           command=shlex.join(["diffcsp", *sys.argv[1:]]))  # so a reused file names its own command
         path = preds.save(out / "generated.json.gz")

@@ -188,12 +188,14 @@ def resolve_sampler(model: DiffCSP, sampler: str, steps: int | None, step_lr: fl
     """(corrector step γ, keyword arguments of :func:`sample`, name to record) for a named preset.
 
     ``steps``, ``step_lr`` and ``overrides`` (``method``, ``corrector_temperature``, …) override
-    the preset; γ defaults to the dataset's value times the preset's scale. The name to record is
+    the preset; an override given as ``None`` keeps the preset's value, so callers can pass
+    unset options straight through. γ defaults to the dataset's value times the preset's scale. The name to record is
     the preset's while what runs is the preset's sampler (the same time grid, γ and options; an
     override equal to the preset's value, a ``rho`` the grid ignores, or a ``precision="auto"`` that
     resolves to ``sample()``'s default fp32 on the device that samples, changes nothing) and
     ``"custom"`` otherwise, so a predictions file never names a preset it was not sampled with."""
     preset = sampler_preset(sampler, model.config.dataset if dataset is None else dataset, model.config.task)
+    overrides = {k: v for k, v in overrides.items() if v is not None}
     options = {**preset.options(), **({} if steps is None else {"steps": steps}), **overrides}
     with warnings.catch_warnings():
         if step_lr is not None:  # γ is given: the lookup's "no paper step size" warning does not apply
@@ -227,8 +229,8 @@ def sample_plan(model: DiffCSP, plan: PredictionPlan, steps: int | None = None, 
     ``sampler`` names a preset of :data:`diffcsp.sampler.SAMPLERS`; ``steps``/``step_lr``/
     ``corrector_temperature`` override its number of steps, corrector step size and κ."""
     n = len(plan.formula_units)
-    overrides = {} if corrector_temperature is None else {"corrector_temperature": corrector_temperature}
-    step_lr, options, _ = resolve_sampler(model, sampler, steps, step_lr, num_samples=n, **overrides)
+    step_lr, options, _ = resolve_sampler(model, sampler, steps, step_lr, num_samples=n,
+                                          corrector_temperature=corrector_temperature)
     cells = [plan.cell(i) for i in range(n)]
     result = sample(model, [len(c) for c in cells], torch.tensor([z for c in cells for z in c]), step_lr=step_lr,
                     seed=seed, progress=progress, device=device, **options)
