@@ -12,7 +12,10 @@ A setting is ``METHOD:STEPS[:SCHEDULE][:corrector|nocorrector|lrX][:tempK]`` wit
 pc/ddim/heun and SCHEDULE ``uniform`` or ``powerR`` (power grid with ρ = R, e.g. ``power2``; R < 1
 puts more steps at high noise). The corrector (Langevin step, the dataset's step size γ) runs for
 pc by default and not for ddim/heun; ``lrX`` turns it on with step size X·γ and ``tempK`` scales
-its noise by K (the temperature κ; 1: the paper's Langevin step).
+its noise by K (the temperature κ; 1: the paper's Langevin step). ``belowN`` / ``aboveN`` (with
+``tempK``) cool the corrector only at noise levels t < N, or t ≥ N, of the model's T and run κ = 1
+elsewhere: which end of the chain the cooler corrector acts on (an experiment of this script;
+``diffcsp.sampler.sample`` takes one κ for the whole chain).
 
 ``--split heldout`` samples the held-out validation crystals of the training protocol (the
 crystals `diffcsp train` selects models on), so sampler settings can be tuned without looking
@@ -27,6 +30,7 @@ import json
 import os
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +50,7 @@ class Setting:
     corrector: bool = True
     lr_scale: float = 1.0
     temperature: float = 1.0
+    window: str = ""  # "belowN"/"aboveN": κ only at levels t < N / t ≥ N, κ = 1 elsewhere
 
     @classmethod
     def parse(cls, text: str) -> Setting:
@@ -63,6 +68,8 @@ class Setting:
                 out.corrector, out.lr_scale = True, float(part[2:])
             elif part.startswith("temp"):
                 out.temperature = float(part[4:])
+            elif part.startswith(("below", "above")) and part[5:].isdigit():
+                out.window = part
             else:
                 raise SystemExit(f"cannot read setting part {part!r} in {text!r}")
         return out
@@ -71,7 +78,29 @@ class Setting:
     def name(self) -> str:
         grid = "uniform" if self.schedule == "uniform" else f"power{self.rho:g}"
         corr = "nocorrector" if not self.corrector else "corrector" if self.lr_scale == 1 else f"lr{self.lr_scale:g}"
-        return f"{self.method}:{self.steps}:{grid}:{corr}" + ("" if self.temperature == 1 else f":temp{self.temperature:g}")
+        return (f"{self.method}:{self.steps}:{grid}:{corr}" + ("" if self.temperature == 1 else f":temp{self.temperature:g}")
+                + (f":{self.window}" if self.window else ""))
+
+
+@contextmanager
+def temperature_window(model, window: str):
+    """Within the block, the corrector uses its κ only at the levels ``window`` names and κ = 1
+    elsewhere. It wraps the coordinate process's Langevin step, which receives the level t, so
+    the sampler itself runs unchanged."""
+    if not window:
+        yield
+        return
+    process, edge, below = model.coord_process, int(window[5:]), window.startswith("below")
+    step = process.corrector_step
+
+    def windowed(f, score_dir, t, step_lr, z, temperature=1.0):
+        return step(f, score_dir, t, step_lr, z, temperature if (t < edge) == below else 1.0)
+
+    process.corrector_step = windowed
+    try:
+        yield
+    finally:
+        del process.corrector_step  # the instance attribute goes; the class's method shows again
 
 
 def main() -> None:
@@ -124,10 +153,11 @@ def main() -> None:
         seconds, summaries = 0.0, []
         for seed in seeds:
             start = time.perf_counter()
-            preds = predict_split(model, table, 1, steps=setting.steps, step_lr=step_lr, seed=seed,
-                                  batch_size=args.batch_size, progress=False, method=setting.method,
-                                  schedule=setting.schedule, rho=setting.rho, precision=args.precision,
-                                  corrector_temperature=setting.temperature)
+            with temperature_window(model, setting.window):
+                preds = predict_split(model, table, 1, steps=setting.steps, step_lr=step_lr, seed=seed,
+                                      batch_size=args.batch_size, progress=False, method=setting.method,
+                                      schedule=setting.schedule, rho=setting.rho, precision=args.precision,
+                                      corrector_temperature=setting.temperature)
             seconds += time.perf_counter() - start
             if args.save_predictions:
                 suffix = "" if len(seeds) == 1 else f".seed{seed}"
@@ -136,7 +166,7 @@ def main() -> None:
         rmses = [x["rmse"] for x in summaries if x["rmse"] is not None]
         row = {"setting": setting.name, "method": setting.method, "steps": len(times), "schedule": setting.schedule,
                "rho": setting.rho, "corrector": setting.corrector, "step_lr": step_lr, "base_step_lr": gamma,
-               "temperature": setting.temperature, "network_calls": calls,
+               "temperature": setting.temperature, "temperature_window": setting.window, "network_calls": calls,
                "match_rate": float(np.mean([x["match_rate"] for x in summaries])),
                "rmse": float(np.mean(rmses)) if rmses else None,
                "valid_rate": float(np.mean([x.get("valid_rate") or 0.0 for x in summaries])),
@@ -181,7 +211,8 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         grid = row["schedule"] if row["schedule"] == "uniform" else f"power ρ={row['rho']:g}"
         key = f"{row['method']} {grid}{' +corr' if row['corrector'] else ''}" + \
             ("" if not row["corrector"] or row["step_lr"] == row.get("base_step_lr") else f" γ={row['step_lr']:.2g}") + \
-            ("" if _temperature(row) == 1 else f" κ={_temperature(row):g}")
+            ("" if _temperature(row) == 1 else f" κ={_temperature(row):g}") + \
+            (f" {row['temperature_window']}" if row.get("temperature_window") else "")
         families.setdefault(key, []).append(row)
     for key, group in families.items():
         group = sorted(group, key=lambda r: r["network_calls"])
