@@ -18,7 +18,7 @@ neighbour lies in ``--bond-window`` (for Carbon-24, the sp²/sp³ C–C bond len
     python bench/gen_sampler.py --run runs/carbon_24_gen_wide600_ft450 --dataset carbon_24 -n 300 \\
         --setting pc:1000 --setting pc:1000:temp0.7 --out bench/results/gen_sampler/carbon_24
 
-Settings use the syntax of `bench/sampler_curve.py` (``METHOD:STEPS[:SCHEDULE][:lrX][:tempK]``,
+Settings use the syntax of `bench/sampler_curve.py` (``METHOD:STEPS[:SCHEDULE][:lrX][:tempK][:belowN|aboveN]``,
 γ = the dataset's ab initio corrector step). Generated files are kept next to the report
 (``STEM.<setting>.json.gz``) and reused when the script is run again, so a killed run resumes
 at the first setting without one.
@@ -39,7 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from csp_benchmark import hardware  # noqa: E402
 from gen_distributions import nearest_neighbour_distances, parse_window, share_in_window  # noqa: E402
-from sampler_curve import Setting  # noqa: E402
+from sampler_curve import Setting, temperature_window  # noqa: E402
 
 
 def main() -> None:
@@ -83,15 +83,16 @@ def main() -> None:
         path = out.parent / f"{out.name}.{setting.name.replace(':', '_')}.json.gz"
         preds = Predictions.load(path) if path.is_file() else None
         if preds is None or len(preds.generated) != args.n:
-            preds, _ = generate(model, args.n, steps=setting.steps, step_lr=step_lr, seed=args.seed, sampler="paper",
-                                method=setting.method, schedule=setting.schedule, rho=setting.rho,
-                                corrector_temperature=setting.temperature)
+            with temperature_window(model, setting.window):
+                preds, _ = generate(model, args.n, steps=setting.steps, step_lr=step_lr, seed=args.seed, sampler="paper",
+                                    method=setting.method, schedule=setting.schedule, rho=setting.rho,
+                                    corrector_temperature=setting.temperature)
             preds.meta.update(checkpoint=str(args.run))
             preds.save(path)
         structures = [dict_to_structure(g) for g in preds.generated]
         nearest = np.concatenate([nearest_neighbour_distances(s) for s in structures])
         row = {"setting": setting.name, "steps": preds.meta["steps"], "step_lr": step_lr, "temperature": setting.temperature,
-               "n": args.n, "seconds_per_crystal": preds.meta["seconds_per_crystal_sample"],
+               "temperature_window": setting.window, "n": args.n, "seconds_per_crystal": preds.meta["seconds_per_crystal_sample"],
                "bonds_in_window": share_in_window(nearest, (lo, hi))}
         analysis = analyse_generated(structures, workers=args.workers, progress=False)  # once for both references
         for name, ref in references.items():
