@@ -195,8 +195,8 @@ def resolve_sampler(model: DiffCSP, sampler: str, steps: int | None, step_lr: fl
     resolves to ``sample()``'s default fp32 on the device that samples, changes nothing) and
     ``"custom"`` otherwise, so a predictions file never names a preset it was not sampled with."""
     preset = sampler_preset(sampler, model.config.dataset if dataset is None else dataset, model.config.task)
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    options = {**preset.options(), **({} if steps is None else {"steps": steps}), **overrides}
+    overrides = {k: v for k, v in {"steps": steps, **overrides}.items() if v is not None}
+    options = {**preset.options(), **overrides}
     with warnings.catch_warnings():
         if step_lr is not None:  # γ is given: the lookup's "no paper step size" warning does not apply
             warnings.simplefilter("ignore")
