@@ -37,6 +37,23 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 FULL_DATA = default_data_dir()
 
 
+def cli(*args: str) -> subprocess.CompletedProcess:
+    """The installed `diffcsp` command (the console script next to this interpreter)."""
+    exe = Path(sys.executable).with_name("diffcsp")
+    cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "diffcsp"]
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=300, env=os.environ.copy())
+
+
+def assert_one_error_line(res: subprocess.CompletedProcess, *needles: str) -> None:
+    """The CLI failed the way a user error should: status 1, one ``error:`` line naming the needles."""
+    assert res.returncode == 1, (res.returncode, res.stderr[-2000:])
+    assert "Traceback" not in res.stderr
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, res.stderr
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+
+
 def in_ci() -> bool:
     """True on CI services (GitHub Actions, GitLab, ... all set ``CI``), where skipping hides gaps."""
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")

@@ -14,7 +14,6 @@ import pickle
 import shutil
 import struct
 import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -26,6 +25,8 @@ import diffcsp.checkpoint as ckpt
 from diffcsp.checkpoint import BUNDLED_DIR, DEFAULT_MODEL, export_model, load_model
 from diffcsp.errors import CheckpointError
 from diffcsp.model import DiffCSP, ModelConfig
+
+from conftest import assert_one_error_line, cli
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED = BUNDLED_DIR / DEFAULT_MODEL
@@ -51,22 +52,6 @@ def overwrite_tensor_data(path: Path, fill: bytes, size: int = 4096) -> None:
     assert start > 8 + header and start + size < len(raw)
     raw[start : start + size] = fill * size
     path.write_bytes(bytes(raw))
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    """The installed `diffcsp` command (the console script next to this interpreter)."""
-    exe = Path(sys.executable).with_name("diffcsp")
-    cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "diffcsp"]
-    return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=300, env=os.environ.copy())
-
-
-def assert_one_error_line(res: subprocess.CompletedProcess, *needles: str) -> None:
-    assert res.returncode == 1, (res.returncode, res.stderr[-2000:])
-    assert "Traceback" not in res.stderr
-    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, res.stderr
-    for needle in needles:
-        assert needle in errors[0], errors[0]
 
 
 @pytest.fixture

@@ -69,6 +69,14 @@ Threads = Annotated[Optional[int], typer.Option("--threads", help="CPU threads f
 CorrectorTemperature = Annotated[Optional[float], typer.Option("--corrector-temperature", help="κ in [0, 1] scales the noise of the corrector's Langevin step (1: the paper's sampler; default: the --sampler preset's). A cooler corrector sharpens each noise level's density.", show_default=False)]
 
 
+def _journal_for(out: Path) -> Path:
+    """The sampling journal beside an output file: a killed run continues from it when rerun."""
+    journal = out.with_name(out.name + ".partial.pt")
+    if journal.exists():
+        typer.echo(f"continuing the sampling run recorded in {journal} (delete it to start over)", err=True)
+    return journal
+
+
 def _model_with_threads(checkpoint: Path | None, threads: int | None, task: str = "csp"):
     """Set torch's thread count (if asked) and load a model: the start of every sampling command."""
     import torch
@@ -337,7 +345,7 @@ def sample_cmd(
     steps: Steps = None,
     step_lr: Annotated[Optional[float], typer.Option("--step-lr", help="Corrector step size (default: the paper's value for the dataset and k; docs/method.md §Sampling).")] = None,
     corrector_temperature: CorrectorTemperature = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Crystals sampled together.")] = 1024,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Crystals sampled together; a killed run, rerun with the same arguments, continues after the last whole batch (journal OUT.partial.pt).")] = 1024,
     seed: Seed = 0,
     data_dir: DataDir = None,
     threads: Threads = None,
@@ -353,10 +361,12 @@ def sample_cmd(
         table = load_split(dataset, split, data_dir)
         if limit:
             table = table.subset(np.arange(min(limit, len(table))))
+        journal = _journal_for(out)
         preds = predict_split(model, table, num_samples, steps=steps, step_lr=step_lr, seed=seed, batch_size=batch_size,
-                              sampler=sampler, corrector_temperature=corrector_temperature)
+                              sampler=sampler, corrector_temperature=corrector_temperature, journal=journal)
         preds.meta.update(checkpoint=str(checkpoint), limit=limit)
         preds.save(out)
+        journal.unlink(missing_ok=True)
         typer.echo(f"wrote {out}: {len(table)} crystals × {num_samples} samples in {preds.meta['sampling_seconds']:.0f} s")
 
 
@@ -369,7 +379,7 @@ def generate_cmd(
     step_lr: Annotated[Optional[float], typer.Option("--step-lr", help="Corrector step size (default: the paper's ab initio value for the model's dataset).")] = None,
     sampler: Annotated[str, typer.Option("--sampler", help="'auto' (default): the paper's 1000 predictor-corrector steps, except for Carbon-24 models, where the corrector runs cooler (κ = 0.3; on the test split COV-P 34 → 65 %, W(density) 0.143 → 0.078, COV-R 99.1 → 98.8 %, sharper C–C bonds; BENCHMARKS.md, 'A cooler corrector raises COV-P'). 'paper': the paper's sampler for every model, as in the published tables.")] = "auto",
     corrector_temperature: CorrectorTemperature = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Crystals sampled together.")] = 512,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Crystals sampled together; a killed run, rerun with the same arguments, continues after the last whole batch (journal OUT/generated.json.gz.partial.pt).")] = 512,
     seed: Seed = 0,
     reference_split: Annotated[str, typer.Option("--reference-split", help="Split `diffcsp evaluate` compares against.")] = "test",
     no_cif: Annotated[bool, typer.Option("--no-cif", help="Skip writing one CIF per crystal.")] = False,
@@ -383,12 +393,14 @@ def generate_cmd(
         if sampler not in ("auto", "paper"):
             raise typer.BadParameter(f"--sampler must be auto or paper, not {sampler!r}")
         model = _model_with_threads(checkpoint, threads, task="gen")
+        journal = _journal_for(out / "generated.json.gz")
         preds, structures = generate(model, n, steps=steps, step_lr=step_lr, seed=seed, batch_size=batch_size,
                                      reference_split=reference_split, sampler=sampler,
-                                     corrector_temperature=corrector_temperature)
+                                     corrector_temperature=corrector_temperature, journal=journal)
         preds.meta.update(checkpoint=str(checkpoint or f"bundled:{DEFAULT_GEN_MODEL}"),
                           command=shlex.join(["diffcsp", *sys.argv[1:]]))  # so a reused file names its own command
         path = preds.save(out / "generated.json.gz")
+        journal.unlink(missing_ok=True)
         if not no_cif:
             write_structures(structures, out / "cif", "gen")
         typer.echo(f"wrote {path} ({n} crystals in {preds.meta['sampling_seconds']:.0f} s)"

@@ -440,17 +440,19 @@ def _timed_sample(model: DiffCSP, num_atoms, atom_types, step_lr: float, **kw: A
     """Run the sampler and return its result with the settings and wall time to record."""
     start = time.perf_counter()
     result = sample(model, num_atoms, atom_types, step_lr=step_lr, **kw)
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - start + result.earlier_seconds  # a resumed run counts its earlier part
     meta = {"steps": kw.get("steps") or model.config.timesteps, "step_lr": step_lr, "seed": kw.get("seed"),
             **{k: kw[k] for k in ("method", "schedule", "rho", "precision", "corrector_temperature", "clip_lattice") if k in kw},
             "sampling_seconds": round(seconds, 1), "seconds_per_crystal_sample": round(seconds / max(len(num_atoms), 1), 4),
             "model": model.config.to_dict()}
+    if result.resumed_chunks:
+        meta["resumed_chunks"] = result.resumed_chunks
     return result, meta
 
 
 def predict_split(model: DiffCSP, table, num_samples: int = 1, steps: int | None = None, step_lr: float | None = None,
                   seed: int | None = 0, batch_size: int = 1024, progress: bool = True, sampler: str = "paper",
-                  **sampler_options: Any) -> Predictions:
+                  journal: str | Path | None = None, **sampler_options: Any) -> Predictions:
     """CSP for every crystal of a table (given its atoms), ``num_samples`` each, as a predictions file.
 
     ``model`` is a CSP model or a generation model; the latter samples lattice and coordinates
@@ -459,7 +461,7 @@ def predict_split(model: DiffCSP, table, num_samples: int = 1, steps: int | None
     ``sampler`` names a preset (default ``"paper"``: benchmarks reproduce the paper's sampler);
     ``steps``/``step_lr`` and ``sampler_options`` (``method``, ``schedule``, ``rho``,
     ``clip_lattice``, ``precision``, ``corrector_temperature``) override it and go to
-    :func:`diffcsp.sampler.sample`."""
+    :func:`diffcsp.sampler.sample`, as does ``journal`` (a file that makes the run resumable)."""
     too_big = int((table.num_atoms > model.config.max_atoms).sum())
     if too_big:
         raise CompositionError(f"{too_big} crystals exceed the model's {model.config.max_atoms} atoms")
@@ -468,7 +470,7 @@ def predict_split(model: DiffCSP, table, num_samples: int = 1, steps: int | None
     idx = np.tile(np.arange(len(table)), num_samples)  # sample-major: every crystal once, then again …
     atom_idx = table.atom_index(idx)
     result, meta = _timed_sample(model, table.num_atoms[idx], torch.as_tensor(table.numbers[atom_idx]), gamma,
-                                 seed=seed, batch_size=batch_size, progress=progress, **options)
+                                 seed=seed, batch_size=batch_size, progress=progress, journal=journal, **options)
     meta.update(sampler=label, sampler_preset=sampler)  # the file's other keys say what was run
     crystals = []
     for i in range(len(table)):
@@ -481,7 +483,8 @@ def predict_split(model: DiffCSP, table, num_samples: int = 1, steps: int | None
 
 def generate(model: DiffCSP | str | Path | None, n: int, steps: int | None = None, step_lr: float | None = None,
              seed: int | None = 0, batch_size: int = 512, reference_split: str = "test",
-             progress: bool = True, sampler: str = "auto", **sampler_options: Any) -> tuple[Predictions, list[Structure]]:
+             progress: bool = True, sampler: str = "auto", journal: str | Path | None = None,
+             **sampler_options: Any) -> tuple[Predictions, list[Structure]]:
     """Ab initio generation of ``n`` crystals, atom counts drawn from the training distribution.
 
     ``model``: a generation model, a path to one, or ``None`` / a dataset name for a bundled one.
@@ -490,7 +493,8 @@ def generate(model: DiffCSP | str | Path | None, n: int, steps: int | None = Non
     34 → 65 % for 0.2 points of COV-R, :data:`diffcsp.sampler.AUTO_SAMPLERS`); ``"paper"`` is always the paper's
     sampler, the one the published tables use. ``steps``/``step_lr`` and ``sampler_options``
     (``method``, ``schedule``, ``rho``, ``precision``, ``corrector_temperature``) override the
-    preset, go to :func:`diffcsp.sampler.sample` and are recorded in the file's metadata.
+    preset, go to :func:`diffcsp.sampler.sample` and are recorded in the file's metadata;
+    ``journal`` makes the run resumable (see there).
     """
     if not isinstance(model, DiffCSP):
         model = load_model(model, task="gen")
@@ -499,7 +503,7 @@ def generate(model: DiffCSP | str | Path | None, n: int, steps: int | None = Non
     gamma, options, label = resolve_sampler(model, sampler, steps, step_lr, **sampler_options)
     num_atoms = sample_num_atoms(model.config.num_atoms_hist, n, seed)
     result, meta = _timed_sample(model, num_atoms, None, gamma, seed=seed, batch_size=batch_size,
-                                 progress=progress, **options)
+                                 progress=progress, journal=journal, **options)
     meta.update(sampler=label, sampler_preset=sampler)  # the file's other keys say what was run
     generated = [arrays_to_dict(*result.crystal(i)) for i in range(n)]
     return Predictions("gen", model.config.dataset, reference_split, 1, meta=meta, generated=generated), result.structures()

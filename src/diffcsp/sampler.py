@@ -8,8 +8,11 @@ types are fixed; for generation they start as Gaussian noise and follow the latt
 
 from __future__ import annotations
 
+import hashlib
+import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,6 +21,8 @@ from tqdm.auto import tqdm
 
 from diffcsp.cspnet import NUM_ELEMENTS
 from diffcsp.diffusion import clamp_row_norms
+from diffcsp.errors import CheckpointError
+from diffcsp.fileio import atomic_write
 from diffcsp.lattice import lattice_from_params, params_from_lattice
 from diffcsp.model import DiffCSP
 from diffcsp.precision import autocast
@@ -35,6 +40,9 @@ class SampleResult:
     #: per crystal: lattice and coordinates are finite numbers (a damaged or diverging model can
     #: return NaN/inf, which must never reach spglib or pymatgen)
     finite: np.ndarray | None = None
+    #: chunks taken from a journal (see :func:`sample`) and the sampling seconds they had cost
+    resumed_chunks: int = 0
+    earlier_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         if self.finite is None:
@@ -171,7 +179,7 @@ def sample(model: DiffCSP, num_atoms: torch.Tensor | list[int], atom_types: torc
            step_lr: float = 1e-5, steps: int | None = None, seed: int | None = 0, batch_size: int = 512,
            progress: bool = True, device: torch.device | str | None = None, clip_lattice: bool = True,
            method: str = "pc", schedule: str = "uniform", rho: float = 2.0, precision: str = "fp32",
-           corrector_temperature: float = 1.0) -> SampleResult:
+           corrector_temperature: float = 1.0, journal: str | Path | None = None) -> SampleResult:
     """Sample lattices and coordinates (and types, for generation) for crystals of given sizes.
 
     ``atom_types`` (atomic numbers, atoms concatenated in crystal order) is required for CSP.
@@ -194,6 +202,13 @@ def sample(model: DiffCSP, num_atoms: torch.Tensor | list[int], atom_types: torc
     :meth:`CosineDDPM.reverse_step`); ``False`` gives the paper's unguarded update.
     ``precision``: ``"fp32"``, ``"bf16"`` (the network under autocast) or ``"auto"`` (bf16
     where the hardware has native support, see :mod:`diffcsp.precision`).
+
+    ``journal``: a file that makes a long run resumable. After each chunk the chunks done so far
+    and the random generator's state are written to it (atomically); a run started again with the
+    same model, crystals and settings skips those chunks and continues the random stream where
+    it stopped, so its result is the uninterrupted run's. A journal written by other settings is
+    an error, not silently mixed in. It is left in place on success: delete it once the result is
+    stored (``diffcsp sample``/``generate`` do).
     """
     if method not in METHODS:
         raise ValueError(f"unknown sampling method {method!r}; use one of {', '.join(METHODS)}")
@@ -212,11 +227,23 @@ def sample(model: DiffCSP, num_atoms: torch.Tensor | list[int], atom_types: torc
         gen.seed()
     times = time_schedule(model.config.timesteps, steps, schedule, rho)
     chunks = [(lo, min(lo + batch_size, len(num_atoms))) for lo in range(0, len(num_atoms), batch_size)]
-    bar = tqdm(total=len(chunks) * len(times) * num_stages(model.config.variant), desc="sampling", unit="step",
-               disable=not progress)
     bound = (model.config.lattice_bound or DEFAULT_LATTICE_BOUND) if clip_lattice else None
     out_types, out_frac, out_lat = [], [], []
-    for lo, hi in chunks:
+    earlier_seconds, resumed, start = 0.0, 0, time.perf_counter()
+    if journal is not None:
+        journal = Path(journal)
+        settings = _journal_settings(model, num_atoms, atom_types, seed=seed, times=times, step_lr=step_lr,
+                                     batch_size=batch_size, method=method, precision=precision, bound=bound,
+                                     corrector_temperature=corrector_temperature)
+        state = _read_journal(journal, settings)
+        if state is not None:
+            out_types, out_frac, out_lat = state["types"], state["frac"], state["lattices"]
+            gen.set_state(state["rng"])
+            earlier_seconds, resumed = float(state["seconds"]), len(out_lat)
+    steps_per_chunk = len(times) * num_stages(model.config.variant)
+    bar = tqdm(total=len(chunks) * steps_per_chunk, initial=resumed * steps_per_chunk, desc="sampling", unit="step",
+               disable=not progress)
+    for lo, hi in chunks[resumed:]:
         n = num_atoms[lo:hi].to(device)
         types = None if atom_types is None else torch.as_tensor(atom_types)[offsets[lo] : offsets[hi]].to(device)
         t, f, lat = _sample_chunk(model, n, types, step_lr, times, gen, bar, bound, method, precision=precision,
@@ -224,6 +251,10 @@ def sample(model: DiffCSP, num_atoms: torch.Tensor | list[int], atom_types: torc
         out_types.append(t.cpu())
         out_frac.append(f.cpu())
         out_lat.append(lat.cpu())
+        if journal is not None:
+            with atomic_write(journal) as handle:
+                torch.save({"settings": settings, "types": out_types, "frac": out_frac, "lattices": out_lat,
+                            "rng": gen.get_state(), "seconds": earlier_seconds + time.perf_counter() - start}, handle)
     bar.close()
     raw = torch.cat(out_lat).double().numpy()
     frac = torch.cat(out_frac).double().numpy()
@@ -237,7 +268,41 @@ def sample(model: DiffCSP, num_atoms: torch.Tensor | list[int], atom_types: torc
         warnings.warn(f"{int((~finite).sum())} of {len(finite)} sampled crystals are not finite (NaN/inf lattice or "
                       "coordinates); they are reported as failed, not converted to structures", stacklevel=2)
     return SampleResult(numbers=torch.cat(out_types).numpy(), frac_coords=frac % 1.0, lattices=lattices,
-                        num_atoms=num_atoms.numpy(), finite=finite)
+                        num_atoms=num_atoms.numpy(), finite=finite, resumed_chunks=resumed, earlier_seconds=earlier_seconds)
+
+
+def _digest(tensors) -> str:
+    """SHA-256 of tensors' bytes: identifies the weights or crystals a journal was written for."""
+    h = hashlib.sha256()
+    for x in tensors:
+        x = torch.as_tensor(x).detach().cpu().contiguous().reshape(-1)
+        h.update(str(x.dtype).encode())
+        h.update(x.view(torch.uint8).numpy().tobytes() if x.numel() else b"")
+    return h.hexdigest()
+
+
+def _journal_settings(model: DiffCSP, num_atoms: torch.Tensor, atom_types, **settings) -> dict:
+    """Everything that decides a sampling run's output, as a comparable dict."""
+    state = model.state_dict()
+    return {**{k: (list(v) if isinstance(v, list) else v) for k, v in settings.items()},
+            "model": _digest(state[k] for k in sorted(state)), "num_atoms": _digest([num_atoms]),
+            "atom_types": None if atom_types is None else _digest([atom_types])}
+
+
+def _read_journal(path: Path, settings: dict) -> dict | None:
+    """The state a journal holds (None if there is none), checked against this run's settings."""
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        saved = state["settings"]
+    except Exception as exc:  # torch raises many types for a damaged file
+        raise CheckpointError(f"sampling journal {path} is damaged ({exc.__class__.__name__}); delete it to start over") from exc
+    differ = sorted(k for k in settings.keys() | saved.keys() if settings.get(k) != saved.get(k))
+    if differ:
+        raise CheckpointError(f"sampling journal {path} belongs to another run (different {', '.join(differ)}); "
+                              "rerun with that run's model and settings, or delete it to start over")
+    return state
 
 
 #: x̂_0 bound (Å per lattice vector) for models that did not record one
