@@ -109,6 +109,41 @@ def test_generate_cli_corrector_temperature(gen_run: Path, tmp_path: Path):
     assert not bad.exists()
 
 
+def test_generate_cli_continues_an_interrupted_run(gen_run: Path, tmp_path: Path, monkeypatch):
+    """A generation run stopped after its first batch (the journal it leaves is the library's),
+    then `diffcsp generate` with the same arguments: it continues and writes the crystals of an
+    uninterrupted `diffcsp generate`, and removes the journal."""
+    from diffcsp import sampler as sampler_mod
+    from diffcsp.predict import generate
+
+    args = ["generate", "-c", str(gen_run), "-n", "3", "--steps", "8", "--seed", "2", "--batch-size", "1", "--no-cif",
+            "--threads", "1"]
+    res = cli(*args, "--out", str(tmp_path / "whole"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert not (tmp_path / "whole" / "generated.json.gz.partial.pt").exists()
+
+    out = tmp_path / "resumed"
+    journal = out / "generated.json.gz.partial.pt"
+    real, calls = sampler_mod._sample_chunk, []
+
+    def stop_at_second(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(sampler_mod, "_sample_chunk", stop_at_second)
+    with pytest.raises(KeyboardInterrupt):
+        generate(load_model(gen_run), 3, steps=8, seed=2, batch_size=1, progress=False, journal=journal)
+    monkeypatch.undo()
+    assert journal.exists()
+    res = cli(*args, "--out", str(out))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "continuing the sampling run" in res.stderr and not journal.exists()
+    resumed, whole = Predictions.load(out / "generated.json.gz"), Predictions.load(tmp_path / "whole" / "generated.json.gz")
+    assert resumed.generated == whole.generated and resumed.meta["resumed_chunks"] == 1
+
+
 def test_generation_model_does_csp_of_a_split(gen_run: Path, tmp_path: Path, datasets_dir):
     """`diffcsp sample` with a generation model: each sample has its ground truth's atoms
     (the type channel is held at them, not sampled), and `diffcsp evaluate` scores the file."""
