@@ -6,15 +6,21 @@
 
 For every crystal the script draws k samples (`predict_split`, resumable), then scores each
 sample by the training loss the model makes on it as if it were a clean crystal
-(:func:`diffcsp.scoring.denoising_losses`: fixed noise levels ``--levels``, the same noise for
-every sample of a crystal), lattice and coordinate parts apart. A sample the model finds
-typical — sharp bonds, a training-like arrangement — should be recovered well.
+(:func:`denoising_losses`): at fixed noise levels ``--levels`` it noises the sample and measures
+how well the network recovers the noise, lattice and coordinate parts apart. The noise of level
+t, draw d depends only on (seed, t, d) and the crystal's atom count, so the samples of one
+crystal meet the same noise (common random numbers) and their scores differ by what the samples
+differ in. A sample the model finds typical — sharp bonds, a training-like arrangement — should
+be recovered well; whether that picks the right structure is what this script measures (on the
+test split it does not: BENCHMARKS.md, "Choosing one of k samples by the model's own loss").
 Several selection rules (the lowest loss over some levels, and the first sample as the
 baseline) are scored with the official CSP metrics: each rule's pick stands as the k = 1 answer.
 "Any of k" (the oracle) bounds what any selection can reach.
 
-Outputs, next to ``--out``: ``.samples.json.gz`` (the k samples), ``.scores.npz`` (per crystal,
-sample and level: lattice and coordinate losses), ``.eval.json`` (per-sample RMSE, cached),
+``--samples FILE`` (repeatable) scores the samples of existing `diffcsp sample` files instead,
+pooled per crystal in the order given (e.g. k = 1 runs with seeds 0, 1, 2 make a pool of three).
+Outputs, next to ``--out``: ``.samples.json.gz`` (the k samples, unless ``--samples``),
+``.scores.npz`` (per crystal, sample and level: lattice and coordinate losses), ``.eval.json`` (per-sample RMSE, cached),
 ``.csv`` and ``.json`` (one row per rule, with protocol and hardware). Each stage is reused when
 its file exists, so a killed run resumes.
 """
@@ -26,13 +32,98 @@ import csv
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from csp_benchmark import hardware  # noqa: E402
+
+from diffcsp.batching import batch_from_arrays  # noqa: E402
+
+
+#: noise levels (of T = 1000) at which samples are scored: from nearly clean to mostly noise
+DEFAULT_LEVELS = (5, 20, 50, 100, 200, 400, 700)
+
+
+def _arrays(crystal: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(numbers, frac_coords, lattice) of a pymatgen Structure or a predictions-file dict."""
+    if isinstance(crystal, dict):
+        return (np.asarray(crystal["numbers"]), np.asarray(crystal["frac_coords"], dtype=float),
+                np.asarray(crystal["lattice"], dtype=float))
+    return (np.array([site.specie.Z for site in crystal]), crystal.frac_coords, crystal.lattice.matrix)
+
+
+@torch.no_grad()
+def denoising_losses(model, crystals: Sequence[Any], levels: Sequence[int] = DEFAULT_LEVELS, draws: int = 4,
+                     seed: int = 0, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """Lattice and coordinate parts of the training loss of each crystal at each level: two (B, L) arrays.
+
+    ``crystals``: pymatgen Structures or predictions-file dicts, scored as if they were clean
+    data. Each part is averaged over ``draws`` noise draws and, for coordinates, over the atoms.
+    """
+    if model.is_gen:
+        raise ValueError("denoising_losses scores CSP models (atom types given); a generation model also diffuses types")
+    levels = [int(t) for t in levels]
+    if not all(1 <= t <= model.config.timesteps for t in levels):
+        raise ValueError(f"levels must lie in 1..{model.config.timesteps}, got {levels}")
+    model.eval()
+    device = next(model.parameters()).device
+    parts = [_arrays(c) for c in crystals]
+    lattice_loss, coord_loss = np.zeros((len(parts), len(levels))), np.zeros((len(parts), len(levels)))
+    lproc, fproc = model.lattice_process, model.coord_process
+    for lo in range(0, len(parts), batch_size):
+        chunk = parts[lo : lo + batch_size]
+        batch = batch_from_arrays(np.concatenate([p[0] for p in chunk]), np.concatenate([p[1] for p in chunk]),
+                                  np.stack([p[2] for p in chunk]), np.array([len(p[0]) for p in chunk])).to(device)
+        B, n = batch.num_graphs, batch.num_atoms
+        for j, t in enumerate(levels):
+            tt = torch.full((B,), t, dtype=torch.long, device=device)
+            sigma, lam = fproc.sigmas[t], fproc.lambdas[t]
+            for d in range(draws):
+                eps_l, eps_f = _noise(chunk, seed, t, d, device)
+                lattice_t = lproc.add_noise(batch.lattice, tt, eps_l)
+                frac_t = fproc.add_noise(batch.frac_coords, sigma, eps_f)
+                pred_l, pred_f, _ = model.net(batch.atom_types, frac_t, lattice_t, n, tt)
+                lattice_loss[lo : lo + B, j] += ((pred_l - eps_l) ** 2).mean(dim=(1, 2)).cpu().numpy() / draws
+                per_atom = ((pred_f - fproc.target(sigma, eps_f, lam)) ** 2).mean(-1)
+                per_crystal = torch.zeros(B, device=device).index_add_(0, batch.batch, per_atom) / n
+                coord_loss[lo : lo + B, j] += per_crystal.cpu().numpy() / draws
+    return lattice_loss, coord_loss
+
+
+def _noise(chunk: list, seed: int, t: int, d: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per crystal, noise that depends only on (seed, t, d) and its atom count."""
+    gen = torch.Generator()
+    eps_l, eps_f = [], []
+    for numbers, _, _ in chunk:
+        gen.manual_seed(seed * 1_000_003 + t * 1_009 + d)
+        eps_l.append(torch.randn(3, 3, generator=gen))
+        eps_f.append(torch.randn(len(numbers), 3, generator=gen))
+    return torch.stack(eps_l).to(device), torch.cat(eps_f).to(device)
+
+
+def model_scores(model, crystals: Sequence[Any], **kw: Any) -> np.ndarray:
+    """One number per crystal, lower = more typical to the model: the training loss's weighting
+    of the two parts, averaged over the levels of :func:`denoising_losses` (keywords go there)."""
+    lattice, coord = denoising_losses(model, crystals, **kw)
+    return (model.config.cost_lattice * lattice + model.config.cost_coord * coord).mean(-1)
+
+
+def pool(files: list) -> object:
+    """One predictions object with every file's samples of each crystal, in file order."""
+    first = files[0]
+    for other in files[1:]:
+        if [c["id"] for c in other.crystals] != [c["id"] for c in first.crystals]:
+            raise SystemExit("pooled files must hold the same crystals in the same order")
+    for i, crystal in enumerate(first.crystals):
+        crystal["samples"] = [s for f in files for s in f.crystals[i]["samples"]]
+    first.num_samples = sum(f.num_samples for f in files)
+    first.meta["sampling_seconds"] = sum(f.meta.get("sampling_seconds") or 0 for f in files)
+    return first
 
 
 def main() -> None:
@@ -52,6 +143,8 @@ def main() -> None:
     p.add_argument("--subsets", default="2,4", help="also choose among only the first K' samples, for each K' listed")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--samples", action="append", help="score the samples of existing predictions files (diffcsp sample; "
+                   "repeat to pool runs of the same crystals, e.g. with different seeds) instead of sampling")
     p.add_argument("--out", required=True)
     args = p.parse_args()
 
@@ -61,7 +154,6 @@ def main() -> None:
     from diffcsp.metrics import evaluate_predictions
     from diffcsp.predict import predict_split
     from diffcsp.predictions import Predictions
-    from diffcsp.scoring import denoising_losses
 
     torch.set_num_threads(args.threads)
     model = load_model(args.run)
@@ -74,7 +166,9 @@ def main() -> None:
     seconds: dict[str, float] = {}
 
     samples_path = out.with_name(out.name + ".samples.json.gz")
-    if samples_path.exists():
+    if args.samples:
+        preds = pool([Predictions.load(path) for path in args.samples])
+    elif samples_path.exists():
         preds = Predictions.load(samples_path)
     else:
         if args.split == "heldout":
@@ -91,7 +185,7 @@ def main() -> None:
         preds.meta.update(checkpoint=args.run, split=args.split)
         preds.save(samples_path)
         journal.unlink(missing_ok=True)
-    seconds["sampling"] = preds.meta["sampling_seconds"]
+    seconds["sampling"] = preds.meta.get("sampling_seconds")
     crystals = preds.crystals
     k = preds.num_samples
 

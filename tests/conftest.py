@@ -54,6 +54,23 @@ def assert_one_error_line(res: subprocess.CompletedProcess, *needles: str) -> No
         assert needle in errors[0], errors[0]
 
 
+def load_bench_script(name: str):
+    """Import ``bench/NAME.py`` as a module (the scripts are not a package; they import their
+    sibling ``csp_benchmark``), registered under NAME so dataclasses can find their module."""
+    import importlib.util
+
+    bench = REPO / "bench"
+    sys.path.insert(0, str(bench))
+    try:
+        spec = importlib.util.spec_from_file_location(name, bench / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(bench))
+    return module
+
+
 def in_ci() -> bool:
     """True on CI services (GitHub Actions, GitLab, ... all set ``CI``), where skipping hides gaps."""
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,23 +11,11 @@ from diffcsp.checkpoint import load_model
 from diffcsp.data import load_split
 from diffcsp.predict import predict_split
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-
-
-def load_script():
-    sys.path.insert(0, str(BENCH))  # the script imports its sibling csp_benchmark
-    try:
-        spec = importlib.util.spec_from_file_location("sampler_curve", BENCH / "sampler_curve.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # dataclasses look their module up while the script runs
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCH))
-    return module
+from conftest import load_bench_script
 
 
 def test_temperature_window_cools_only_the_named_levels(datasets_dir: Path, tmp_path: Path):
-    sc = load_script()
+    sc = load_bench_script("sampler_curve")
     setting = sc.Setting.parse("pc:20:temp0.3:below500")
     assert (setting.temperature, setting.window) == (0.3, "below500")
     assert setting.name == "pc:20:uniform:corrector:temp0.3:below500"

@@ -1,6 +1,7 @@
-"""The model's own score of a finished crystal (diffcsp.scoring) on real crystals.
+"""bench/model_rank.py's score of a finished crystal (the model's denoising loss) on real crystals.
 
-The references are physical, not the code's: a real crystal against the same crystal with its
+The benchmark's conclusions rest on this score, so it is tested like library code. The
+references are physical, not the code's: a real crystal against the same crystal with its
 atoms shaken, a crystal against its own rigid translation (the network sees only differences of
 fractional coordinates), and a crystal against itself elsewhere in a list.
 """
@@ -16,9 +17,12 @@ import torch
 from diffcsp.checkpoint import load_model
 from diffcsp.data import load_split
 from diffcsp.model import DiffCSP, ModelConfig
-from diffcsp.scoring import denoising_losses, model_scores
+
+from conftest import load_bench_script
 
 LEVELS = (5, 50, 200)
+_script = load_bench_script("model_rank")
+denoising_losses, model_scores = _script.denoising_losses, _script.model_scores
 
 
 @pytest.fixture(scope="module")
