@@ -62,6 +62,23 @@ def hardware() -> str:
     return f"{os.cpu_count()} × {cpu}, {mem:.0f} GiB RAM, {gpu}; Python {platform.python_version()}, torch {torch.__version__}"
 
 
+def csp_table(dataset: str, split: str, limit: int | None = None):
+    """The crystals a CSP benchmark samples: a split of ``dataset`` or ``"heldout"`` (the
+    training protocol's held-out validation crystals, for tuning without the test split),
+    cut to the first ``limit`` crystals."""
+    import numpy as np
+
+    if split == "heldout":
+        from diffcsp.training import TrainConfig, resolve_protocol
+
+        _, table, _ = resolve_protocol(TrainConfig.from_preset(dataset, "unused"), progress=False)
+    else:
+        from diffcsp.data import load_split
+
+        table = load_split(dataset, split)
+    return table.subset(np.arange(min(limit, len(table)))) if limit else table
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", required=True)

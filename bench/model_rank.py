@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from csp_benchmark import hardware  # noqa: E402
+from csp_benchmark import csp_table, hardware  # noqa: E402
 
 from diffcsp.batching import batch_from_arrays  # noqa: E402
 
@@ -149,7 +149,6 @@ def main() -> None:
     args = p.parse_args()
 
     from diffcsp.checkpoint import load_model
-    from diffcsp.data import load_split
     from diffcsp.fileio import write_json, write_text
     from diffcsp.metrics import evaluate_predictions
     from diffcsp.predict import predict_split
@@ -171,14 +170,7 @@ def main() -> None:
     elif samples_path.exists():
         preds = Predictions.load(samples_path)
     else:
-        if args.split == "heldout":
-            from diffcsp.training import TrainConfig, resolve_protocol
-
-            _, table, _ = resolve_protocol(TrainConfig.from_preset(args.dataset, "unused"), progress=False)
-        else:
-            table = load_split(args.dataset, args.split)
-        if args.limit:
-            table = table.subset(np.arange(min(args.limit, len(table))))
+        table = csp_table(args.dataset, args.split, args.limit)
         journal = samples_path.with_name(samples_path.name + ".partial.pt")
         preds = predict_split(model, table, args.k, steps=args.steps, step_lr=args.step_lr, seed=args.seed, sampler=args.sampler,
                               corrector_temperature=args.corrector_temperature, journal=journal)

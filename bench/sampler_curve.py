@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from csp_benchmark import hardware  # noqa: E402  (one hardware description for every report)
+from csp_benchmark import csp_table, hardware  # noqa: E402  (one hardware description for every report)
 
 
 @dataclass
@@ -123,7 +123,6 @@ def main() -> None:
     args = p.parse_args()
 
     from diffcsp.checkpoint import load_model
-    from diffcsp.data import load_split
     from diffcsp.fileio import write_json
     from diffcsp.metrics import evaluate_predictions
     from diffcsp.predict import default_step_lr, predict_split
@@ -131,15 +130,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     model = load_model(args.run)
-    if args.split == "heldout":
-        from diffcsp.training import TrainConfig, resolve_protocol
-
-        _, table, _ = resolve_protocol(TrainConfig.from_preset(args.dataset, "unused"), progress=False)
-    else:
-        table = load_split(args.dataset, args.split)
+    table = csp_table(args.dataset, args.split, args.limit)
     seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [args.seed]
-    if args.limit:
-        table = table.subset(np.arange(min(args.limit, len(table))))
     gamma = args.step_lr if args.step_lr is not None else default_step_lr(model, 1, dataset=args.dataset)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
