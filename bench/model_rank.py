@@ -138,7 +138,7 @@ def main() -> None:
     p.add_argument("--corrector-temperature", type=float)
     p.add_argument("--limit", type=int)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--levels", default="5,20,50,100,200,400,700")
+    p.add_argument("--levels", default=",".join(map(str, DEFAULT_LEVELS)))
     p.add_argument("--draws", type=int, default=4)
     p.add_argument("--subsets", default="2,4", help="also choose among only the first K' samples, for each K' listed")
     p.add_argument("--threads", type=int, default=1)
@@ -158,7 +158,6 @@ def main() -> None:
     model = load_model(args.run)
     if model.is_gen:
         sys.exit("model_rank.py scores CSP models only")
-    model.eval()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     levels = [int(x) for x in args.levels.split(",")]
@@ -188,11 +187,10 @@ def main() -> None:
     else:
         start = time.perf_counter()
         loss_l, loss_f = np.zeros((len(crystals), k, len(levels))), np.zeros((len(crystals), k, len(levels)))
-        with torch.no_grad():
-            for j in range(k):
-                l_j, f_j = denoising_losses(model, [c["samples"][j] for c in crystals], levels, args.draws, args.seed)
-                loss_l[:, j], loss_f[:, j] = l_j, f_j
-                print(f"scored sample {j + 1} of {k}", flush=True)
+        for j in range(k):
+            loss_l[:, j], loss_f[:, j] = denoising_losses(model, [c["samples"][j] for c in crystals], levels, args.draws,
+                                                          args.seed)
+            print(f"scored sample {j + 1} of {k}", flush=True)
         seconds["scoring"] = round(time.perf_counter() - start, 1)
         tmp = scores_path.with_name(scores_path.stem + ".tmp.npz")
         np.savez_compressed(tmp, lattice=loss_l, coord=loss_f, levels=np.array(levels))
@@ -244,9 +242,9 @@ def main() -> None:
     write_json(out.with_suffix(".json"), {"command": " ".join(sys.argv), "hardware": hardware(), "n": len(crystals),
                                           "k": k, "levels": levels, "draws": args.draws, "seconds": seconds,
                                           "sampler": preds.meta.get("sampler"), "rule": "official", "rows": rows})
-    write_text(out.with_name(out.name + ".txt"), "\n".join(f"{r['candidates']:3d} {r['rule']:40s} {r['match_rate']:6.2f} %  {r['rmse']}" for r in rows) + "\n")
-    for r in rows:
-        print(f"{r['candidates']:3d} {r['rule']:40s} {r['match_rate']:6.2f} %  {r['rmse']}")
+    lines = [f"{r['candidates']:3d} {r['rule']:40s} {r['match_rate']:6.2f} %  {r['rmse']}" for r in rows]
+    write_text(out.with_name(out.name + ".txt"), "\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":
