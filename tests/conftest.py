@@ -37,11 +37,15 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 FULL_DATA = default_data_dir()
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
+def diffcsp_command() -> list[str]:
     """The installed `diffcsp` command (the console script next to this interpreter)."""
     exe = Path(sys.executable).with_name("diffcsp")
-    cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "diffcsp"]
-    return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=300, env=os.environ.copy())
+    return [str(exe)] if exe.is_file() else [sys.executable, "-m", "diffcsp"]
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    """Run `diffcsp ARGS` to the end and capture its output."""
+    return subprocess.run([*diffcsp_command(), *args], capture_output=True, text=True, timeout=300, env=os.environ.copy())
 
 
 def assert_one_error_line(res: subprocess.CompletedProcess, *needles: str) -> None:

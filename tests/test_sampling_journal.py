@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from diffcsp.errors import CheckpointError
 from diffcsp.model import DiffCSP, ModelConfig
 from diffcsp.sampler import sample
 
-from conftest import assert_one_error_line, cli
+from conftest import assert_one_error_line, cli, diffcsp_command
 
 NUM_ATOMS = [5, 3, 4, 6, 2, 5, 4]  # four chunks of two (the last of one)
 KW = dict(steps=6, seed=3, batch_size=2, progress=False)
@@ -147,8 +146,7 @@ def test_cli_sample_killed_and_rerun_gives_the_uninterrupted_file(tmp_path, data
 
     out = tmp_path / "killed.json.gz"
     journal = tmp_path / "killed.json.gz.partial.pt"
-    exe = Path(sys.executable).with_name("diffcsp")
-    proc = subprocess.Popen([str(exe), *args, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    proc = subprocess.Popen([*diffcsp_command(), *args, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=os.environ.copy())
     deadline = time.monotonic() + 120
     while not journal.exists() and proc.poll() is None and time.monotonic() < deadline:
