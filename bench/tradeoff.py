@@ -72,7 +72,7 @@ def main() -> None:
     args = ap.parse_args()
     references = []
     for item in args.reference:
-        name, sep, point = item.partition("=")
+        name, sep, point = item.rpartition("=")  # the name may hold "=" (κ = 1), the point never
         if not sep:
             ap.error(f"--reference expects NAME=MATCH,RMSE, got {item!r}")
         try:

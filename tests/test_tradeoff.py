@@ -27,7 +27,7 @@ def test_plots_each_setting_with_its_standard_error(tmp_path: Path):
     fast = write_metrics(tmp_path / "fast.metrics.json", 0.20, 0.37)
     cool = write_metrics(tmp_path / "cool.metrics.json", 0.10, 0.28)
     out = tmp_path / "tradeoff.png"
-    res = run(f"{fast}=fast", cool, "--reference", "paper=17.54,0.2759", "--goal", "20,0.30", "--out", str(out))
+    res = run(f"{fast}=fast", cool, "--reference", "paper, κ = 1=17.54,0.2759", "--goal", "20,0.30", "--out", str(out))
     assert res.returncode == 0, res.stderr
     # √(p(1−p)/n) by hand: p = 0.2, n = 100 → 4.00 points; p = 0.1 → 3.00 points
     assert "| fast | 20.00 % | 4.00 | 0.3700 |" in res.stdout
