@@ -39,9 +39,9 @@ def parse_point(text: str) -> tuple[float, float]:
 def load_points(items: list[str]) -> tuple[list[dict], tuple]:
     """(points, the crystal set they share) from ``METRICS.json[=LABEL]`` arguments.
 
-    A point is ``{"label", "match" (%), "se" (%), "rmse", "n"}``; raises ``SystemExit`` with one
-    ``error:`` line when a file is not a k-sample CSP evaluation or the files disagree on what
-    they evaluate."""
+    A point is ``{"label", "match" (%), "se" (%), "rmse"}``; raises ``SystemExit`` with one
+    ``error:`` line when a file is not a CSP evaluation, has no RMSE (nothing matched) or the files
+    disagree on what they evaluate."""
     points, protocols = [], set()
     for item in items:
         path, _, label = item.partition("=")
@@ -51,10 +51,12 @@ def load_points(items: list[str]) -> tuple[list[dict], tuple]:
             raise SystemExit(f"error: cannot read {path}: {exc}") from None
         if metrics.get("task", "csp") != "csp" or "match_rate" not in metrics:
             raise SystemExit(f"error: {path} is not a CSP evaluation (no match rate)")
+        if metrics.get("rmse") is None:
+            raise SystemExit(f"error: {path} has no RMSE (no crystal matched), so it has no place on this plot")
         protocols.add((metrics.get("dataset"), metrics.get("split"), metrics["n"], metrics["k"], metrics.get("rule")))
         p = metrics["match_rate"]
         points.append({"label": label or Path(path).name.removesuffix(".metrics.json"), "match": 100 * p,
-                       "se": 100 * math.sqrt(p * (1 - p) / metrics["n"]), "rmse": metrics["rmse"], "n": metrics["n"]})
+                       "se": 100 * math.sqrt(p * (1 - p) / metrics["n"]), "rmse": metrics["rmse"]})
     if len(protocols) > 1:
         raise SystemExit("error: the files evaluate different crystal sets, k or rules "
                          f"{sorted(protocols, key=str)}")

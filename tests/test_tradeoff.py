@@ -10,7 +10,7 @@ from pathlib import Path
 from conftest import REPO, assert_one_error_line
 
 
-def write_metrics(path: Path, match_rate: float, rmse: float, n: int = 100, **extra) -> str:
+def write_metrics(path: Path, match_rate: float, rmse: float | None, n: int = 100, **extra) -> str:
     """A JSON shaped as `diffcsp evaluate --json` writes one for k = 1."""
     metrics = {"n": n, "k": 1, "match_rate": match_rate, "rmse": rmse, "rule": "official", "task": "csp",
                "dataset": "carbon_24", "split": "test", **extra}
@@ -35,7 +35,7 @@ def test_plots_each_setting_with_its_standard_error(tmp_path: Path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_refuses_evaluations_of_different_crystal_sets_or_rules(tmp_path: Path):
+def test_refuses_mixed_crystal_sets_or_rules_and_files_without_a_point(tmp_path: Path):
     a = write_metrics(tmp_path / "a.json", 0.2, 0.3)
     for name, extra in {"n": {"n": 200}, "rule": {"rule": "structure"}, "split": {"split": "val"}}.items():
         b = write_metrics(tmp_path / f"b_{name}.json", 0.2, 0.3, **extra)
@@ -44,3 +44,5 @@ def test_refuses_evaluations_of_different_crystal_sets_or_rules(tmp_path: Path):
         assert not (tmp_path / "x.png").exists()
     gen = write_metrics(tmp_path / "gen.json", 0.2, 0.3, task="gen")
     assert_one_error_line(run(gen, "--out", str(tmp_path / "x.png")), "not a CSP evaluation")
+    none_matched = write_metrics(tmp_path / "none.json", 0.0, None)
+    assert_one_error_line(run(none_matched, "--out", str(tmp_path / "x.png")), "no RMSE")
