@@ -79,6 +79,27 @@ def csp_table(dataset: str, split: str, limit: int | None = None):
     return table.subset(np.arange(min(limit, len(table)))) if limit else table
 
 
+def labelled_metrics(items: list[str], same: tuple[str, ...]) -> list[tuple[str, str, dict]]:
+    """``(path, label, metrics)`` for ``METRICS.json[=LABEL]`` arguments (JSON of ``diffcsp
+    evaluate --json``; the label is empty when not given), for the scripts that plot several
+    evaluations side by side. Raises ``SystemExit`` with one ``error:`` line when a file cannot
+    be read or the files differ in a key of ``same`` (e.g. the crystal set): their difference
+    would say more about the crystals than about what is compared."""
+    out, seen = [], set()
+    for item in items:
+        path, _, label = item.partition("=")
+        try:
+            metrics = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise SystemExit(f"error: cannot read {path}: {exc}") from None
+        seen.add(tuple(metrics.get(key) for key in same))
+        out.append((path, label, metrics))
+    if len(seen) > 1:
+        raise SystemExit(f"error: the files evaluate different crystal sets ({', '.join(same)}: "
+                         f"{sorted(seen, key=str)})")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", required=True)

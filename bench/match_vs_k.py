@@ -16,8 +16,11 @@ their difference would say more about the crystals than about the samplers.
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from csp_benchmark import labelled_metrics  # noqa: E402
 
 
 def main() -> None:
@@ -36,22 +39,17 @@ def main() -> None:
     from diffcsp.fileio import atomic_write
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    crystal_sets = set()
-    for item in args.metrics:
-        path, _, label = item.partition("=")
-        metrics = json.loads(Path(path).read_text())
+    files = labelled_metrics(args.metrics, same=("dataset", "split", "n"))
+    for path, label, metrics in files:
         curve = metrics.get("match_rate_curve")
         if not curve:
             raise SystemExit(f"error: {path} has no match-rate curve (evaluated with k = 1?)")
-        crystal_sets.add((metrics.get("dataset"), metrics.get("split"), metrics["n"]))
         ks, rates = zip(*curve)
         rmse = metrics.get("rmse_k")
         ax.plot(ks, [100 * r for r in rates], marker="o", markersize=3,
                 label=f"{label or Path(path).stem} (k = {ks[-1]}: {100 * rates[-1]:.1f} %"
                       + ("" if rmse is None else f", RMSE {rmse:.3f}") + ")")
-    if len(crystal_sets) > 1:
-        raise SystemExit(f"error: the files evaluate different crystal sets {sorted(crystal_sets, key=str)}")
-    (dataset, split, n), = crystal_sets
+    dataset, split, n = (files[0][2].get(key) for key in ("dataset", "split", "n"))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("samples per crystal k")
     ax.set_ylabel("match rate (%)")

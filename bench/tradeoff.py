@@ -22,9 +22,15 @@ more about the crystals or the rule than about the samplers.
 from __future__ import annotations
 
 import argparse
-import json
 import math
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from csp_benchmark import labelled_metrics  # noqa: E402
+
+#: What the plotted evaluations must share: one crystal set, one k and one metric rule.
+PROTOCOL = ("dataset", "split", "n", "k", "rule")
 
 
 def parse_point(text: str) -> tuple[float, float]:
@@ -42,26 +48,17 @@ def load_points(items: list[str]) -> tuple[list[dict], tuple]:
     A point is ``{"label", "match" (%), "se" (%), "rmse"}``; raises ``SystemExit`` with one
     ``error:`` line when a file is not a CSP evaluation, has no RMSE (nothing matched) or the files
     disagree on what they evaluate."""
-    points, protocols = [], set()
-    for item in items:
-        path, _, label = item.partition("=")
-        try:
-            metrics = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise SystemExit(f"error: cannot read {path}: {exc}") from None
+    points = []
+    files = labelled_metrics(items, same=PROTOCOL)
+    for path, label, metrics in files:
         if metrics.get("task", "csp") != "csp" or "match_rate" not in metrics:
             raise SystemExit(f"error: {path} is not a CSP evaluation (no match rate)")
         if metrics.get("rmse") is None:
             raise SystemExit(f"error: {path} has no RMSE (no crystal matched), so it has no place on this plot")
-        protocols.add((metrics.get("dataset"), metrics.get("split"), metrics["n"], metrics["k"], metrics.get("rule")))
         p = metrics["match_rate"]
         points.append({"label": label or Path(path).name.removesuffix(".metrics.json"), "match": 100 * p,
                        "se": 100 * math.sqrt(p * (1 - p) / metrics["n"]), "rmse": metrics["rmse"]})
-    if len(protocols) > 1:
-        raise SystemExit("error: the files evaluate different crystal sets, k or rules "
-                         f"{sorted(protocols, key=str)}")
-    (protocol,) = protocols
-    return points, protocol
+    return points, tuple(files[0][2].get(key) for key in PROTOCOL)
 
 
 def main() -> None:
