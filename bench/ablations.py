@@ -51,7 +51,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from csp_benchmark import REPO, hardware, run  # noqa: E402  (the same runner and report helpers)
 
-from diffcsp.fileio import atomic_write  # noqa: E402
+from diffcsp.fileio import atomic_write, save_png  # noqa: E402
 from diffcsp.variants import VARIANTS  # noqa: E402
 
 #: training settings that must be equal for every variant of one table
@@ -217,10 +217,7 @@ def plot(rows: list[dict], path_png: Path) -> None:
         panel.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle("DiffCSP ablations, k = 1 (official metric rule), same training budget per variant", fontsize=10)
-    fig.tight_layout()
-    with atomic_write(path_png) as handle:
-        fig.savefig(handle, format="png", dpi=120)
-    plt.close(fig)
+    save_png(fig, path_png, dpi=120)
 
 
 def main() -> None:

@@ -77,7 +77,7 @@ def plot(gen: dict[str, np.ndarray], ref: dict[str, np.ndarray], title: str, out
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from diffcsp.fileio import atomic_write
+    from diffcsp.fileio import save_png
 
     fig, axes = plt.subplots(1, 5, figsize=(20, 3.6))
     panels = (("elements", "distinct elements per cell", True), ("density", "density (g/cm³)", False),
@@ -100,10 +100,7 @@ def plot(gen: dict[str, np.ndarray], ref: dict[str, np.ndarray], title: str, out
     axes[0].set_ylabel("fraction")
     axes[0].legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    with atomic_write(out, "wb") as f:
-        fig.savefig(f, dpi=110, format="png")
-    plt.close(fig)
+    save_png(fig, out)
 
 
 def compared_sets(preds: Predictions, data_dir: Path | None = None):

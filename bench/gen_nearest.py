@@ -63,7 +63,7 @@ def main() -> None:
     from scipy.spatial.distance import cdist
 
     from diffcsp.data import load_split
-    from diffcsp.fileio import atomic_write, write_json
+    from diffcsp.fileio import save_png, write_json
     from diffcsp.gen_metrics import analyse_generated, reference_cache_path, reference_fingerprints
     from diffcsp.predictions import Predictions, dict_to_structure
     from diffcsp.registry import get_dataset
@@ -129,10 +129,7 @@ def main() -> None:
     plt.xlabel(f"structure-fingerprint distance to the nearest {args.reference} crystal (clipped at 1)")
     plt.ylabel("probability density")
     plt.legend(fontsize=7)
-    plt.tight_layout()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(args.out.with_suffix(".png"), "wb") as handle:
-        fig.savefig(handle, format="png", dpi=110)
+    save_png(fig, args.out.with_suffix(".png"))
     write_json(args.out.with_suffix(".json"), {
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]), "dataset": args.dataset,
         "reference": args.reference, "reference_n": len(reference), "bond_window": [lo, hi],

@@ -36,7 +36,7 @@ def main() -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    from diffcsp.fileio import atomic_write
+    from diffcsp.fileio import save_png
 
     fig, ax = plt.subplots(figsize=(6, 4))
     files = labelled_metrics(args.metrics, same=("dataset", "split", "n"))
@@ -56,10 +56,7 @@ def main() -> None:
     ax.set_title(args.title or f"{dataset} {split}, first {n} crystals")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    with atomic_write(args.out) as handle:
-        fig.savefig(handle, format="png", dpi=110)
-    plt.close(fig)
+    save_png(fig, args.out)
     print(f"wrote {args.out}")
 
 

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from diffcsp.fileio import append_journal, atomic_write, read_journal, write_json, write_text
+from diffcsp.fileio import append_journal, read_journal, save_png, write_json, write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = "work.jsonl.gz"  # the journal of finished crystals in the --out folder
@@ -348,10 +348,7 @@ def report(args: argparse.Namespace) -> None:
         ax.set_title(f"{dataset}:\n{len(points)} relaxed DiffCSP samples", fontsize=9)
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_write(out / "energy_vs_rmse.png") as handle:
-        fig.savefig(handle, format="png", dpi=110)
-    plt.close(fig)
+    save_png(fig, out / "energy_vs_rmse.png")
 
     write_text(out / "REPORT.md", _markdown(summary, args, records))
     print((out / "REPORT.md").read_text())

@@ -85,7 +85,7 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from diffcsp.fileio import atomic_write
+    from diffcsp.fileio import save_png
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5 + 0.2 * (len(points) + len(references) + bool(args.goal))))
     for p in points:
@@ -103,10 +103,7 @@ def main() -> None:
     ax.set_title(args.title or f"{dataset} {split}, {n} crystals, k = {k}, {rule} rule")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.15))  # below the axes: no point hidden
-    fig.tight_layout()
-    with atomic_write(args.out) as handle:
-        fig.savefig(handle, format="png", dpi=110)
-    plt.close(fig)
+    save_png(fig, args.out)
     print("| setting | match rate | ± s.e. | RMSE |\n| --- | --- | --- | --- |")
     for p in points:
         print(f"| {p['label']} | {p['match']:.2f} % | {p['se']:.2f} | {p['rmse']:.4f} |")

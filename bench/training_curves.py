@@ -77,6 +77,8 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from diffcsp.fileio import save_png
+
     fig, ax = plt.subplots(figsize=(8, 4.5))
     lowest = float("inf")
     for run in args.runs:
@@ -101,9 +103,7 @@ def main() -> None:
         ax.set_ylim(bottom=lowest - 0.05 * (top - lowest))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=110)
+    save_png(fig, args.out)
     print(f"wrote {args.out}")
 
 

@@ -82,3 +82,28 @@ def test_killed_writer_loses_only_the_record_in_flight(tmp_path: Path):
     assert len(records) >= acknowledged[-1] + 1  # everything acknowledged before the kill is there
     append_journal(path, {"index": len(records)})
     assert [r["index"] for r in read_journal(path)] == list(range(len(records) + 1))
+
+
+def test_save_png_writes_a_whole_png_or_nothing(tmp_path: Path):
+    """A figure is written as a complete PNG and closed; a figure that fails to render leaves
+    neither the target nor a temporary file behind (a half-written plot would look finished)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pytest
+
+    from diffcsp.fileio import save_png
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    out = save_png(fig, tmp_path / "plots" / "line.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not plt.fignum_exists(fig.number)
+    assert matplotlib.image.imread(out).shape[:2] == (528, 704)  # 6.4 × 4.8 in at 110 dpi, tight layout keeps the size
+
+    bad, ax = plt.subplots()
+    ax.text(0.5, 0.5, r"$\frac{1}{$")  # mathtext that cannot be parsed: rendering fails mid-save
+    with pytest.raises(ValueError):
+        save_png(bad, tmp_path / "bad.png")
+    plt.close(bad)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plots"]

@@ -556,7 +556,7 @@ def plot_match_curve(curve: list[tuple[int, float]], out: Path, title: str) -> P
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from diffcsp.fileio import atomic_write
+    from diffcsp.fileio import save_png
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot([k for k, _ in curve], [100 * r for _, r in curve], marker="o")
@@ -564,10 +564,7 @@ def plot_match_curve(curve: list[tuple[int, float]], out: Path, title: str) -> P
     ax.set_ylabel("match rate (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_write(out) as handle:
-        fig.savefig(handle, format="png", dpi=110)
-    plt.close(fig)
+    save_png(fig, out)
     return out
 
 

@@ -64,6 +64,18 @@ def write_text(path: str | Path, text: str) -> None:
         handle.write(text)
 
 
+def save_png(fig: Any, path: str | Path, dpi: int = 110) -> Path:
+    """Lay ``fig`` out, write it as a PNG atomically and close it: a figure left open keeps its
+    memory for the rest of a long benchmark, and a torn PNG would look like a finished plot."""
+    import matplotlib.pyplot as plt  # only callers that plot pay for the import
+
+    fig.tight_layout()
+    with atomic_write(path) as handle:
+        fig.savefig(handle, format="png", dpi=dpi)
+    plt.close(fig)
+    return Path(path)
+
+
 def read_journal(path: str | Path, repair: bool = False) -> list[Any]:
     """The records of a journal (none if it does not exist).
 

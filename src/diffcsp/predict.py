@@ -368,7 +368,7 @@ def plot_structure(structure: Structure, path: str | Path, title: str = "") -> P
     from ase.visualize.plot import plot_atoms
     from matplotlib.patches import Patch
 
-    from diffcsp.fileio import atomic_write
+    from diffcsp.fileio import save_png
 
     tol = 0.02
     counts = structure.composition.element_composition
@@ -392,10 +392,7 @@ def plot_structure(structure: Structure, path: str | Path, title: str = "") -> P
               loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize=9)
     if title:
         ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    with atomic_write(path) as handle:
-        fig.savefig(handle, format="png", dpi=100)
-    plt.close(fig)
+    save_png(fig, path, dpi=100)
     return Path(path)
 
 

@@ -39,7 +39,7 @@ from diffcsp.batching import TableDataset
 from diffcsp.checkpoint import export_model, stamp_checkpoint
 from diffcsp.data import CrystalTable, load_split
 from diffcsp.errors import TrainingError
-from diffcsp.fileio import atomic_write, write_json
+from diffcsp.fileio import atomic_write, save_png, write_json
 from diffcsp.model import DiffCSP, ModelConfig
 from diffcsp.registry import get_dataset, split_path
 
@@ -409,10 +409,7 @@ def plot_training_curve(metrics_csv: Path, out_png: Path) -> Path:
     ax_lr.set_xlabel("epoch")
     ax_lr.set_yscale("log")
     fig.suptitle(str(metrics_csv.parent.name))
-    fig.tight_layout()
-    with atomic_write(out_png) as handle:
-        fig.savefig(handle, format="png", dpi=110)
-    plt.close(fig)
+    save_png(fig, out_png)
     return out_png
 
 
