@@ -18,7 +18,7 @@ neighbour lies in ``--bond-window`` (for Carbon-24, the sp²/sp³ C–C bond len
     python bench/gen_sampler.py --run runs/carbon_24_gen_wide600_ft450 --dataset carbon_24 -n 300 \\
         --setting pc:1000 --setting pc:1000:temp0.7 --out bench/results/gen_sampler/carbon_24
 
-Settings use the syntax of `bench/sampler_curve.py` (``METHOD:STEPS[:SCHEDULE][:lrX][:tempK][:belowN|aboveN]``,
+Settings use the syntax of `bench/sampler_curve.py` (``METHOD:STEPS[:SCHEDULE][:lrX][:tempK][:ptempT][:belowN|aboveN]``,
 γ = the dataset's ab initio corrector step). Generated files are kept next to the report
 (``STEM.<setting>.json.gz``) and reused when the script is run again, so a killed run resumes
 at the first setting without one.
@@ -47,7 +47,7 @@ def main() -> None:
     p.add_argument("--run", required=True, help="generation model: run dir, exported model dir or bundled name")
     p.add_argument("--dataset", required=True)
     p.add_argument("-n", type=int, default=300, help="crystals generated per setting")
-    p.add_argument("--setting", action="append", required=True, help="METHOD:STEPS[:SCHEDULE][:lrX][:tempK]")
+    p.add_argument("--setting", action="append", required=True, help="METHOD:STEPS[:SCHEDULE][:lrX][:tempK][:ptempT]")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--workers", type=int, default=1, help="processes for the CrystalNN fingerprints")
@@ -86,12 +86,14 @@ def main() -> None:
             with temperature_window(model, setting.window):
                 preds, _ = generate(model, args.n, steps=setting.steps, step_lr=step_lr, seed=args.seed, sampler="paper",
                                     method=setting.method, schedule=setting.schedule, rho=setting.rho,
-                                    corrector_temperature=setting.temperature)
+                                    corrector_temperature=setting.temperature,
+                                    predictor_temperature=setting.predictor_temperature)
             preds.meta.update(checkpoint=str(args.run))
             preds.save(path)
         structures = [dict_to_structure(g) for g in preds.generated]
         nearest = np.concatenate([nearest_neighbour_distances(s) for s in structures])
         row = {"setting": setting.name, "steps": preds.meta["steps"], "step_lr": step_lr, "temperature": setting.temperature,
+               "predictor_temperature": setting.predictor_temperature,
                "temperature_window": setting.window, "n": args.n, "seconds_per_crystal": preds.meta["seconds_per_crystal_sample"],
                "bonds_in_window": share_in_window(nearest, (lo, hi))}
         analysis = analyse_generated(structures, workers=args.workers, progress=False)  # once for both references

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import sys
 import time
@@ -50,6 +49,7 @@ class Setting:
     corrector: bool = True
     lr_scale: float = 1.0
     temperature: float = 1.0
+    predictor_temperature: float = 1.0  # "ptempT": noise scale τ of the ancestral predictor (lattice, coordinates)
     window: str = ""  # "belowN"/"aboveN": κ only at levels t < N / t ≥ N, κ = 1 elsewhere
 
     @classmethod
@@ -68,6 +68,8 @@ class Setting:
                 out.corrector, out.lr_scale = True, float(part[2:])
             elif part.startswith("temp"):
                 out.temperature = float(part[4:])
+            elif part.startswith("ptemp"):
+                out.predictor_temperature = float(part[5:])
             elif part.startswith(("below", "above")) and part[5:].isdigit():
                 out.window = part
             else:
@@ -79,6 +81,7 @@ class Setting:
         grid = "uniform" if self.schedule == "uniform" else f"power{self.rho:g}"
         corr = "nocorrector" if not self.corrector else "corrector" if self.lr_scale == 1 else f"lr{self.lr_scale:g}"
         return (f"{self.method}:{self.steps}:{grid}:{corr}" + ("" if self.temperature == 1 else f":temp{self.temperature:g}")
+                + ("" if self.predictor_temperature == 1 else f":ptemp{self.predictor_temperature:g}")
                 + (f":{self.window}" if self.window else ""))
 
 
@@ -149,7 +152,8 @@ def main() -> None:
                 preds = predict_split(model, table, 1, steps=setting.steps, step_lr=step_lr, seed=seed,
                                       batch_size=args.batch_size, progress=False, method=setting.method,
                                       schedule=setting.schedule, rho=setting.rho, precision=args.precision,
-                                      corrector_temperature=setting.temperature)
+                                      corrector_temperature=setting.temperature,
+                                      predictor_temperature=setting.predictor_temperature)
             seconds += time.perf_counter() - start
             if args.save_predictions:
                 suffix = "" if len(seeds) == 1 else f".seed{seed}"
@@ -158,7 +162,8 @@ def main() -> None:
         rmses = [x["rmse"] for x in summaries if x["rmse"] is not None]
         row = {"setting": setting.name, "method": setting.method, "steps": len(times), "schedule": setting.schedule,
                "rho": setting.rho, "corrector": setting.corrector, "step_lr": step_lr, "base_step_lr": gamma,
-               "temperature": setting.temperature, "temperature_window": setting.window, "network_calls": calls,
+               "temperature": setting.temperature,
+               "predictor_temperature": setting.predictor_temperature, "temperature_window": setting.window, "network_calls": calls,
                "match_rate": float(np.mean([x["match_rate"] for x in summaries])),
                "rmse": float(np.mean(rmses)) if rmses else None,
                "valid_rate": float(np.mean([x.get("valid_rate") or 0.0 for x in summaries])),
@@ -197,6 +202,8 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from diffcsp.fileio import save_png
+
     fig, (ax_m, ax_r) = plt.subplots(1, 2, figsize=(10, 4))
     families: dict[str, list[dict]] = {}
     for row in rows:
@@ -218,9 +225,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         ax.grid(alpha=0.3, which="both")
     ax_m.legend(fontsize=7)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 if __name__ == "__main__":

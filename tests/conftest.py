@@ -43,9 +43,10 @@ def diffcsp_command() -> list[str]:
     return [str(exe)] if exe.is_file() else [sys.executable, "-m", "diffcsp"]
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    """Run `diffcsp ARGS` to the end and capture its output."""
-    return subprocess.run([*diffcsp_command(), *args], capture_output=True, text=True, timeout=300, env=os.environ.copy())
+def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `diffcsp ARGS` to the end and capture its output (``env``: the whole environment)."""
+    return subprocess.run([*diffcsp_command(), *args], capture_output=True, text=True, timeout=HANG_GUARD_SECONDS,
+                          env=os.environ.copy() if env is None else env)
 
 
 def assert_one_error_line(res: subprocess.CompletedProcess, *needles: str) -> None:

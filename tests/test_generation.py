@@ -5,22 +5,17 @@ Runs on the bundled fixture (real Perov-5 rows), so it needs no downloaded data.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import cli
 from pymatgen.core import Structure
 
 from diffcsp.checkpoint import load_model
 from diffcsp.predict import sample_num_atoms
 from diffcsp.metrics import is_structurally_valid
 from diffcsp.predictions import Predictions, dict_to_structure
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "diffcsp", *args], capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")

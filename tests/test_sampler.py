@@ -251,6 +251,9 @@ def test_dataset_tuned_presets_apply_to_their_dataset_and_task_only(monkeypatch:
     assert not [w for w in caught if "MP-20" in str(w.message)]
     with pytest.raises(ValueError, match="corrector_temperature"):
         sample(model, [2], torch.tensor([8, 8]), steps=2, progress=False, corrector_temperature=1.5)
+    with pytest.raises(ValueError, match="predictor_temperature"):
+        sample(model, [2], torch.tensor([8, 8]), steps=2, progress=False, predictor_temperature=-0.1)
+    assert resolve_sampler(model, "fast", None, None, predictor_temperature=0.5)[2] == "custom"
 
 
 @pytest.mark.parametrize("method", [m for m in METHODS if m != "pc"])
@@ -307,7 +310,8 @@ def test_chunks_keep_each_crystals_atoms(lambdas):
 
 
 # -- single steps against their closed forms -------------------------------------------------------
-def test_respaced_steps_match_their_closed_forms(lambdas):
+@pytest.mark.parametrize("kappa, tau", [(1.0, 1.0), (0.5, 0.6)])
+def test_respaced_steps_match_their_closed_forms(lambdas, kappa, tau):
     """Recorded states of 1000 one-atom crystals, 10 steps (t → s skips ~110 times), corrector on:
 
     corrector:   F' = F − η·g + N(0, 2η), η = γ(σ_t/σ_1)²;
@@ -316,13 +320,15 @@ def test_respaced_steps_match_their_closed_forms(lambdas):
                  β = 1 − ᾱ_t/ᾱ_s (the posterior q(L_s | L_t, L0): the oracle's x̂_0 is L0).
 
     Coordinate residuals are checked where their spread is small enough (< 0.1) for wrapping
-    onto [−½, ½) not to distort them.
+    onto [−½, ½) not to distort them. With a corrector temperature κ the corrector's noise has
+    κ times that spread, with a predictor temperature τ both predictor noises τ times theirs,
+    and the means stay as they are.
     """
     crystal = Crystal([6], (2.5, 3.0, 3.5), (90, 100, 110), [[0.3, 0.6, 0.9]])
     model = oracle_model(lambdas, crystals=[crystal], record=True)
     B, gamma = 1000, 1e-6
     sample(model, [1] * B, torch.full((B,), 6), step_lr=gamma, steps=10, seed=0, batch_size=B, progress=False,
-           device="cpu")
+           device="cpu", corrector_temperature=kappa, predictor_temperature=tau)
     calls = model.net.calls
     times = [c["t"] for c in calls[::2]]
     assert [c["t"] for c in calls[1::2]] == times and times == [1000, 889, 778, 667, 556, 445, 334, 223, 112, 1]
@@ -338,10 +344,10 @@ def test_respaced_steps_match_their_closed_forms(lambdas):
         corr, pred, nxt = calls[2 * i], calls[2 * i + 1], calls[2 * i + 2]
         eta = gamma * (SIG[t] / SIG[1]) ** 2
         if math.sqrt(2 * eta) < 0.1:
-            check(wrapped(pred["frac"] - corr["frac"] + eta * corr["score_f"]), math.sqrt(2 * eta), f"corrector t={t}")
+            check(wrapped(pred["frac"] - corr["frac"] + eta * corr["score_f"]), kappa * math.sqrt(2 * eta), f"corrector t={t}")
             checked["corrector"] += 1
         var_t, var_s = SIG[t] ** 2, SIG[s] ** 2
-        std = math.sqrt(var_s * (var_t - var_s) / var_t)
+        std = tau * math.sqrt(var_s * (var_t - var_s) / var_t)
         if std < 0.1:
             check(wrapped(nxt["frac"] - pred["frac"] + (var_t - var_s) * pred["score_f"]), std, f"coords {t}->{s}")
             checked["predictor"] += 1
@@ -349,7 +355,7 @@ def test_respaced_steps_match_their_closed_forms(lambdas):
         beta = 1 - a_ts
         mean = (math.sqrt(AB[s]) * beta / (1 - AB[t]) * crystal.lattice
                 + math.sqrt(a_ts) * (1 - AB[s]) / (1 - AB[t]) * pred["lattice"])
-        check(nxt["lattice"] - mean, math.sqrt(beta * (1 - AB[s]) / (1 - AB[t])), f"lattice {t}->{s}", mean_slack=1e-3)
+        check(nxt["lattice"] - mean, tau * math.sqrt(beta * (1 - AB[s]) / (1 - AB[t])), f"lattice {t}->{s}", mean_slack=1e-3)
     assert checked["corrector"] >= 5 and checked["predictor"] >= 4, checked
 
 

@@ -42,3 +42,13 @@ def test_temperature_window_cools_only_the_named_levels(datasets_dir: Path, tmp_
     assert np.array_equal(coords(0.3), cool)
     with pytest.raises(SystemExit, match="cannot read"):
         sc.Setting.parse("pc:20:belowx")
+
+
+def test_setting_parses_the_predictor_temperature():
+    """``ptempT`` is read apart from ``tempK`` (the prefixes overlap) and named back the same way."""
+    sc = load_bench_script("sampler_curve")
+    setting = sc.Setting.parse("pc:1000:temp0.3:ptemp0.5")
+    assert (setting.temperature, setting.predictor_temperature) == (0.3, 0.5)
+    assert setting.name == "pc:1000:uniform:corrector:temp0.3:ptemp0.5"
+    assert sc.Setting.parse(setting.name) == setting
+    assert sc.Setting.parse("pc:1000:temp0.3").name == "pc:1000:uniform:corrector:temp0.3"  # τ = 1 is not named

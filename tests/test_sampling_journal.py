@@ -100,6 +100,7 @@ def test_generation_resumes_too(model, tmp_path, monkeypatch):
     (dict(steps=5), "times"),
     (dict(batch_size=3), "batch_size"),
     (dict(corrector_temperature=0.5), "corrector_temperature"),
+    (dict(predictor_temperature=0.5), "predictor_temperature"),
     (dict(model_seed=1), "model"),
     (dict(num_atoms=[5, 3, 4, 6, 2, 5, 3]), "num_atoms"),
     (dict(types_shift=1), "atom_types"),
@@ -108,7 +109,7 @@ def test_a_journal_of_another_run_is_an_error(model, types, tmp_path, monkeypatc
     journal = tmp_path / "run.partial.pt"
     interrupted_run(model, types, journal, monkeypatch)
     before = journal.read_bytes()
-    kw = {**KW, **{k: v for k, v in change.items() if k in KW or k == "corrector_temperature"}}
+    kw = {**KW, **{k: v for k, v in change.items() if k in KW or k.endswith("_temperature")}}
     other = model
     if "model_seed" in change:  # the same network with one weight changed
         other = tiny_model(like=model)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import HANG_GUARD_SECONDS, csv_ids, epochs_logged, file_log, logged_cli, metrics_rows, trained_ids
+from conftest import HANG_GUARD_SECONDS, cli, csv_ids, epochs_logged, file_log, logged_cli, metrics_rows, trained_ids
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -40,11 +40,6 @@ RESUME_RUN = ["--dataset", "perov_5", "--batch-size", "1", "--limit", "16", "--h
               "--num-freqs", "4", "--quiet", "--threads", "1"]
 #: metrics.csv columns that measure time, not training; every other column must match exactly.
 TIMING_COLUMNS = {"epoch_seconds", "elapsed_seconds", "cpu_seconds"}
-
-
-def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "diffcsp", *args], capture_output=True, text=True,
-                          timeout=HANG_GUARD_SECONDS, env=env or os.environ.copy())
 
 
 @pytest.fixture(scope="module")

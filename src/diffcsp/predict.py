@@ -439,7 +439,8 @@ def _timed_sample(model: DiffCSP, num_atoms, atom_types, step_lr: float, **kw: A
     result = sample(model, num_atoms, atom_types, step_lr=step_lr, **kw)
     seconds = time.perf_counter() - start + result.earlier_seconds  # a resumed run counts its earlier part
     meta = {"steps": kw.get("steps") or model.config.timesteps, "step_lr": step_lr, "seed": kw.get("seed"),
-            **{k: kw[k] for k in ("method", "schedule", "rho", "precision", "corrector_temperature", "clip_lattice") if k in kw},
+            **{k: kw[k] for k in ("method", "schedule", "rho", "precision", "corrector_temperature", "predictor_temperature",
+                                  "clip_lattice") if k in kw},
             "sampling_seconds": round(seconds, 1), "seconds_per_crystal_sample": round(seconds / max(len(num_atoms), 1), 4),
             "model": model.config.to_dict()}
     if result.resumed_chunks:

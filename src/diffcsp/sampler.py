@@ -179,7 +179,8 @@ def sample(model: DiffCSP, num_atoms: torch.Tensor | list[int], atom_types: torc
            step_lr: float = 1e-5, steps: int | None = None, seed: int | None = 0, batch_size: int = 512,
            progress: bool = True, device: torch.device | str | None = None, clip_lattice: bool = True,
            method: str = "pc", schedule: str = "uniform", rho: float = 2.0, precision: str = "fp32",
-           corrector_temperature: float = 1.0, journal: str | Path | None = None) -> SampleResult:
+           corrector_temperature: float = 1.0, predictor_temperature: float = 1.0,
+           journal: str | Path | None = None) -> SampleResult:
     """Sample lattices and coordinates (and types, for generation) for crystals of given sizes.
 
     ``atom_types`` (atomic numbers, atoms concatenated in crystal order) is required for CSP.
@@ -196,7 +197,11 @@ def sample(model: DiffCSP, num_atoms: torch.Tensor | list[int], atom_types: torc
     variance-exploding analogue (coordinates); ``"heun"`` adds a second-order correction to
     those (one more network call per step). The Langevin corrector runs before every predictor
     step when ``step_lr`` > 0, whatever the method; ``corrector_temperature`` κ scales its noise
-    (1: the paper's Langevin step; < 1: a cooler, sharper one). ``schedule``/``rho``: see
+    (1: the paper's Langevin step; < 1: a cooler, sharper one). ``predictor_temperature`` τ
+    scales the noise the ancestral predictor adds to the lattice and the coordinates (methods
+    ``pc`` and ``pc-ddim-lattice``; 1: the paper's; τ < 1 is the "noise scale" of protein
+    diffusion samplers, which trades diversity for precision; the type channel keeps its noise, so the
+    network sees types as in training). ``schedule``/``rho``: see
     :func:`time_schedule`. ``clip_lattice`` bounds the lengths of the lattice vectors of the
     predicted clean lattice x̂_0 by the model's ``lattice_bound`` (see
     :meth:`CosineDDPM.reverse_step`); ``False`` gives the paper's unguarded update.
@@ -212,8 +217,9 @@ def sample(model: DiffCSP, num_atoms: torch.Tensor | list[int], atom_types: torc
     """
     if method not in METHODS:
         raise ValueError(f"unknown sampling method {method!r}; use one of {', '.join(METHODS)}")
-    if not 0.0 <= corrector_temperature <= 1.0:
-        raise ValueError(f"corrector_temperature must be between 0 and 1, got {corrector_temperature}")
+    for name, value in (("corrector_temperature", corrector_temperature), ("predictor_temperature", predictor_temperature)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must be between 0 and 1, got {value}")
     model.eval()
     device = torch.device(device) if device is not None else next(model.parameters()).device
     num_atoms = torch.as_tensor(num_atoms, dtype=torch.long)
@@ -234,7 +240,8 @@ def sample(model: DiffCSP, num_atoms: torch.Tensor | list[int], atom_types: torc
         journal = Path(journal)
         settings = _journal_settings(model, num_atoms, atom_types, seed=seed, times=times, step_lr=step_lr,
                                      batch_size=batch_size, method=method, precision=precision, bound=bound,
-                                     corrector_temperature=corrector_temperature)
+                                     corrector_temperature=corrector_temperature,
+                                     **({} if predictor_temperature == 1.0 else {"predictor_temperature": predictor_temperature}))
         state = _read_journal(journal, settings)
         if state is not None:
             out_types, out_frac, out_lat = state["types"], state["frac"], state["lattices"]
@@ -247,7 +254,7 @@ def sample(model: DiffCSP, num_atoms: torch.Tensor | list[int], atom_types: torc
         n = num_atoms[lo:hi].to(device)
         types = None if atom_types is None else torch.as_tensor(atom_types)[offsets[lo] : offsets[hi]].to(device)
         t, f, lat = _sample_chunk(model, n, types, step_lr, times, gen, bar, bound, method, precision=precision,
-                                  temperature=corrector_temperature)
+                                  temperature=corrector_temperature, predictor_temperature=predictor_temperature)
         out_types.append(t.cpu())
         out_frac.append(f.cpu())
         out_lat.append(lat.cpu())
@@ -312,7 +319,8 @@ DEFAULT_LATTICE_BOUND = 100.0
 def _sample_chunk(model: DiffCSP, num_atoms: torch.Tensor, types: torch.Tensor | None, step_lr: float,
                   times: list[int], gen: torch.Generator, bar=None, lattice_bound: float | None = None, method: str = "pc",
                   lattice_init: torch.Tensor | None = None, precision: str = "fp32", frac_init: torch.Tensor | None = None,
-                  stage: int | None = None, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  stage: int | None = None, temperature: float = 1.0,
+                  predictor_temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sample one chunk. ``lattice_init``/``frac_init`` replace the drawn L_T/F_T (the random
     stream is the same either way), so tests can start from a rotated lattice.
 
@@ -322,7 +330,8 @@ def _sample_chunk(model: DiffCSP, num_atoms: torch.Tensor, types: torch.Tensor |
     (``stage`` 1). ``stage`` runs one of them alone (tests); None runs what the model needs."""
     first = first_component(model.config.variant)
     if first is not None and stage is None:
-        kwargs = dict(bar=bar, lattice_bound=lattice_bound, method=method, precision=precision, temperature=temperature)
+        kwargs = dict(bar=bar, lattice_bound=lattice_bound, method=method, precision=precision, temperature=temperature,
+                      predictor_temperature=predictor_temperature)
         _, frac0, lattice0 = _sample_chunk(model, num_atoms, types, step_lr, times, gen, lattice_init=lattice_init,
                                            frac_init=frac_init, stage=0, **kwargs)
         fixed = {"lattice_init": lattice0} if first == "lattice" else {"frac_init": frac0}
@@ -380,9 +389,10 @@ def _sample_chunk(model: DiffCSP, num_atoms: torch.Tensor, types: torch.Tensor |
             if move_l and method == "pc-ddim-lattice":
                 lattice = lproc.ddim_step(lattice, eps_l, t, s, lat_clip)
             elif move_l:
-                lattice = lproc.reverse_step(lattice, eps_l, t, s, None if last else randn(B, 3, 3), clip_x0=lat_clip)
+                lattice = lproc.reverse_step(lattice, eps_l, t, s, None if last else predictor_temperature * randn(B, 3, 3),
+                                             clip_x0=lat_clip)
             if move_f:
-                frac = fproc.predictor_step(frac, score_f, t, s, None if last else randn(N, 3))
+                frac = fproc.predictor_step(frac, score_f, t, s, None if last else predictor_temperature * randn(N, 3))
             if model.is_gen:  # with held types this step is replaced next loop, but keeps the random stream
                 types_x = lproc.reverse_step(types_x, eps_a, t, s, None if last else randn(N, NUM_ELEMENTS), clip_x0=type_clip)
         else:
