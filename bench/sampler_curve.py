@@ -8,11 +8,12 @@ next to a JSON with the protocol, hardware and command.
     python bench/sampler_curve.py --run runs/perov_5_cpu --dataset perov_5 --limit 200 \\
         --setting pc:1000 --setting pc:250 --setting ddim:100:power2 --out bench/results/sampler/perov_5
 
-A setting is ``METHOD:STEPS[:SCHEDULE][:corrector|nocorrector|lrX][:tempK]`` with METHOD
+A setting is ``METHOD:STEPS[:SCHEDULE][:corrector|nocorrector|lrX][:tempK][:ptempT]`` with METHOD
 pc/ddim/heun and SCHEDULE ``uniform`` or ``powerR`` (power grid with ρ = R, e.g. ``power2``; R < 1
 puts more steps at high noise). The corrector (Langevin step, the dataset's step size γ) runs for
 pc by default and not for ddim/heun; ``lrX`` turns it on with step size X·γ and ``tempK`` scales
-its noise by K (the temperature κ; 1: the paper's Langevin step). ``belowN`` / ``aboveN`` (with
+its noise by K (the temperature κ; 1: the paper's Langevin step); ``ptempT`` scales the
+predictor's lattice and coordinate noise by T (τ, ``sample(predictor_temperature=…)``). ``belowN`` / ``aboveN`` (with
 ``tempK``) cool the corrector only at noise levels t < N, or t ≥ N, of the model's T and run κ = 1
 elsewhere: which end of the chain the cooler corrector acts on (an experiment of this script;
 ``diffcsp.sampler.sample`` takes one κ for the whole chain).
@@ -112,7 +113,7 @@ def main() -> None:
     p.add_argument("--dataset", required=True)
     p.add_argument("--split", default="test", help="test, val, or heldout (the training protocol's validation crystals)")
     p.add_argument("--limit", type=int, default=None, help="first N crystals of the split (default: all)")
-    p.add_argument("--setting", action="append", required=True, help="METHOD:STEPS[:SCHEDULE][:corrector|nocorrector|lrX][:tempK]")
+    p.add_argument("--setting", action="append", required=True, help="METHOD:STEPS[:SCHEDULE][:corrector|nocorrector|lrX][:tempK][:ptempT][:belowN|aboveN]")
     p.add_argument("--step-lr", type=float, default=None, help="corrector step size (default: the dataset's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seeds", help="comma-separated seeds: every setting is run with each and averaged (overrides --seed)")
@@ -211,6 +212,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         key = f"{row['method']} {grid}{' +corr' if row['corrector'] else ''}" + \
             ("" if not row["corrector"] or row["step_lr"] == row.get("base_step_lr") else f" γ={row['step_lr']:.2g}") + \
             ("" if _temperature(row) == 1 else f" κ={_temperature(row):g}") + \
+            ("" if row.get("predictor_temperature", 1.0) == 1 else f" τ={row['predictor_temperature']:g}") + \
             (f" {row['temperature_window']}" if row.get("temperature_window") else "")
         families.setdefault(key, []).append(row)
     for key, group in families.items():
