@@ -69,6 +69,7 @@ def _sampler(predictions: Path) -> tuple[str, int | None]:
     auto = sampler_preset("auto", preds.dataset, preds.task)
     auto_gamma = get_dataset(preds.dataset).step_lr(preds.task, preds.num_samples) * auto.step_lr_scale
     is_auto = (meta["steps"] == (auto.steps or meta["model"]["timesteps"]) and kappa == auto.corrector_temperature
+               and meta.get("predictor_temperature", 1.0) == 1.0  # no preset cools the predictor
                and meta.get("method", "pc") == auto.method and meta.get("schedule", "uniform") == auto.schedule
                and math.isclose(meta["step_lr"], auto_gamma, rel_tol=1e-9))
     name = meta.get("sampler") or ("paper" if kappa == 1 else "")

@@ -59,7 +59,7 @@ def main() -> None:
     args = p.parse_args()
 
     from diffcsp.checkpoint import load_model
-    from diffcsp.fileio import write_json
+    from diffcsp.fileio import atomic_write, write_json
     from diffcsp.gen_metrics import analyse_generated, evaluate_generation, reference_cache_path
     from diffcsp.predict import default_step_lr, generate
     from diffcsp.predictions import Predictions, dict_to_structure
@@ -106,7 +106,7 @@ def main() -> None:
         print(f"{setting.name:32s} bonds {100 * row['bonds_in_window']:5.1f} %  " + "  ".join(
             f"{r}: COV-R {100 * row[f'{r}_cov_recall']:5.1f} COV-P {100 * row[f'{r}_cov_precision']:5.1f} "
             f"W(ρ) {row[f'{r}_wdist_density']:.3f}" for r in references), flush=True)
-        with open(out.with_suffix(".csv"), "w", newline="") as handle:  # rewritten after every setting
+        with atomic_write(out.with_suffix(".csv"), "w") as handle:  # rewritten after every setting
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)

@@ -13,7 +13,7 @@ pc/ddim/heun and SCHEDULE ``uniform`` or ``powerR`` (power grid with ρ = R, e.g
 puts more steps at high noise). The corrector (Langevin step, the dataset's step size γ) runs for
 pc by default and not for ddim/heun; ``lrX`` turns it on with step size X·γ and ``tempK`` scales
 its noise by K (the temperature κ; 1: the paper's Langevin step); ``ptempT`` scales the
-predictor's lattice and coordinate noise by T (τ, ``sample(predictor_temperature=…)``). ``belowN`` / ``aboveN`` (with
+predictor's coordinate and (pc) lattice noise by T (τ, ``sample(predictor_temperature=…)``). ``belowN`` / ``aboveN`` (with
 ``tempK``) cool the corrector only at noise levels t < N, or t ≥ N, of the model's T and run κ = 1
 elsewhere: which end of the chain the cooler corrector acts on (an experiment of this script;
 ``diffcsp.sampler.sample`` takes one κ for the whole chain).
@@ -127,7 +127,7 @@ def main() -> None:
     args = p.parse_args()
 
     from diffcsp.checkpoint import load_model
-    from diffcsp.fileio import write_json
+    from diffcsp.fileio import atomic_write, write_json
     from diffcsp.metrics import evaluate_predictions
     from diffcsp.predict import default_step_lr, predict_split
     from diffcsp.sampler import network_calls, time_schedule
@@ -176,7 +176,7 @@ def main() -> None:
         print(f"{setting.name:40s} calls {calls:5d}  match {100 * row['match_rate']:6.2f} %  "
               f"RMSE {row['rmse'] if row['rmse'] is None else round(row['rmse'], 4)}  "
               f"{row['seconds_per_crystal']:.3f} s/crystal", flush=True)
-        with open(csv_path, "w", newline="") as handle:  # rewritten after every setting: partial runs keep results
+        with atomic_write(csv_path, "w") as handle:  # rewritten after every setting: partial runs keep results
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)

@@ -102,8 +102,13 @@ def test_save_png_writes_a_whole_png_or_nothing(tmp_path: Path):
     assert matplotlib.image.imread(out).shape[:2] == (528, 704)  # 6.4 × 4.8 in at 110 dpi, tight layout keeps the size
 
     bad, ax = plt.subplots()
-    ax.text(0.5, 0.5, r"$\frac{1}{$")  # mathtext that cannot be parsed: rendering fails mid-save
-    with pytest.raises(ValueError):
+
+    def torn(handle, **kwargs):  # a renderer that dies after writing part of the file
+        handle.write(b"\x89PNG\r\n\x1a\n partial")
+        raise OSError("disk full")
+
+    bad.savefig = torn
+    with pytest.raises(OSError, match="disk full"):
         save_png(bad, tmp_path / "bad.png")
     plt.close(bad)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["plots"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plots"]  # neither bad.png nor a temporary file

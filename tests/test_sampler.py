@@ -359,6 +359,25 @@ def test_respaced_steps_match_their_closed_forms(lambdas, kappa, tau):
     assert checked["corrector"] >= 5 and checked["predictor"] >= 4, checked
 
 
+def test_predictor_temperature_leaves_the_type_chain_alone(lambdas):
+    """With the oracle, the one-hot types evolve on their own (their ε̂ depends on the types
+    only), and τ rescales noise after it is drawn, so the random stream is the same: a cooler
+    predictor must leave every recorded type state unchanged while the lattice path changes."""
+    def run(tau: float) -> list[dict]:
+        model = oracle_model(lambdas, task="gen", key="order", record=True)
+        sample(model, [len(c.numbers) for c in CRYSTALS], None, step_lr=1e-6, steps=20, seed=3, progress=False,
+               device="cpu", predictor_temperature=tau)
+        return model.net.calls
+
+    warm, cool = run(1.0), run(0.5)
+    assert len(warm) == len(cool) == 40
+    assert all(np.array_equal(w["types"], c["types"]) for w, c in zip(warm, cool))
+    assert not np.allclose(warm[-1]["lattice"], cool[-1]["lattice"])
+    with pytest.raises(ValueError, match="predictor_temperature"):
+        sample(oracle_model(lambdas), [2], torch.tensor([8, 8]), steps=2, progress=False, method="ddim",
+               predictor_temperature=0.5)
+
+
 def test_last_step_adds_no_noise(lambdas):
     """At the last time (t = 1 → 0) the corrector and the predictor are deterministic given their
     inputs: the recorded state entering each call is the noise-free update of the one before."""

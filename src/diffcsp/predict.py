@@ -458,7 +458,7 @@ def predict_split(model: DiffCSP, table, num_samples: int = 1, steps: int | None
     its own sampler presets and step sizes (those of ab initio generation).
     ``sampler`` names a preset (default ``"paper"``: benchmarks reproduce the paper's sampler);
     ``steps``/``step_lr`` and ``sampler_options`` (``method``, ``schedule``, ``rho``,
-    ``clip_lattice``, ``precision``, ``corrector_temperature``) override it and go to
+    ``clip_lattice``, ``precision``, ``corrector_temperature``, ``predictor_temperature``) override it and go to
     :func:`diffcsp.sampler.sample`, as does ``journal`` (a file that makes the run resumable)."""
     too_big = int((table.num_atoms > model.config.max_atoms).sum())
     if too_big:
@@ -490,7 +490,7 @@ def generate(model: DiffCSP | str | Path | None, n: int, steps: int | None = Non
     was measured to serve the model's dataset better (Carbon-24: a cooler corrector, COV-P
     34 → 65 % for 0.2 points of COV-R, :data:`diffcsp.sampler.AUTO_SAMPLERS`); ``"paper"`` is always the paper's
     sampler, the one the published tables use. ``steps``/``step_lr`` and ``sampler_options``
-    (``method``, ``schedule``, ``rho``, ``precision``, ``corrector_temperature``) override the
+    (``method``, ``schedule``, ``rho``, ``precision``, ``corrector_temperature``, ``predictor_temperature``) override the
     preset, go to :func:`diffcsp.sampler.sample` and are recorded in the file's metadata;
     ``journal`` makes the run resumable (see there).
     """

@@ -198,10 +198,11 @@ def sample(model: DiffCSP, num_atoms: torch.Tensor | list[int], atom_types: torc
     those (one more network call per step). The Langevin corrector runs before every predictor
     step when ``step_lr`` > 0, whatever the method; ``corrector_temperature`` κ scales its noise
     (1: the paper's Langevin step; < 1: a cooler, sharper one). ``predictor_temperature`` τ
-    scales the noise the ancestral predictor adds to the lattice and the coordinates (methods
-    ``pc`` and ``pc-ddim-lattice``; 1: the paper's; τ < 1 is the "noise scale" of protein
-    diffusion samplers, which trades diversity for precision; the type channel keeps its noise, so the
-    network sees types as in training). ``schedule``/``rho``: see
+    scales the noise the ancestral predictor adds to the coordinates and, with ``pc``, to the
+    lattice (``pc-ddim-lattice`` moves the lattice without noise; ``ddim``/``heun`` have no
+    predictor noise and refuse τ ≠ 1). 1 is the paper's predictor; τ < 1 is the "noise scale" of
+    protein diffusion samplers, which trades diversity for precision. The type channel keeps its
+    noise, so the network sees types as in training. ``schedule``/``rho``: see
     :func:`time_schedule`. ``clip_lattice`` bounds the lengths of the lattice vectors of the
     predicted clean lattice x̂_0 by the model's ``lattice_bound`` (see
     :meth:`CosineDDPM.reverse_step`); ``False`` gives the paper's unguarded update.
@@ -220,6 +221,8 @@ def sample(model: DiffCSP, num_atoms: torch.Tensor | list[int], atom_types: torc
     for name, value in (("corrector_temperature", corrector_temperature), ("predictor_temperature", predictor_temperature)):
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} must be between 0 and 1, got {value}")
+    if predictor_temperature != 1.0 and method not in ("pc", "pc-ddim-lattice"):
+        raise ValueError(f"predictor_temperature scales the predictor's noise; method {method!r} adds none")
     model.eval()
     device = torch.device(device) if device is not None else next(model.parameters()).device
     num_atoms = torch.as_tensor(num_atoms, dtype=torch.long)
