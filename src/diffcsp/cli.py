@@ -564,8 +564,7 @@ def plot_match_curve(curve: list[tuple[int, float]], out: Path, title: str) -> P
     ax.set_ylabel("match rate (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    save_png(fig, out)
-    return out
+    return save_png(fig, out)
 
 
 def main() -> None:

@@ -392,8 +392,7 @@ def plot_structure(structure: Structure, path: str | Path, title: str = "") -> P
               loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize=9)
     if title:
         ax.set_title(title, fontsize=10)
-    save_png(fig, path, dpi=100)
-    return Path(path)
+    return save_png(fig, path, dpi=100)
 
 
 def write_predictions(structures: Sequence[Structure | None], formula_units: Sequence[int], out_dir: str | Path,

@@ -409,8 +409,7 @@ def plot_training_curve(metrics_csv: Path, out_png: Path) -> Path:
     ax_lr.set_xlabel("epoch")
     ax_lr.set_yscale("log")
     fig.suptitle(str(metrics_csv.parent.name))
-    save_png(fig, out_png)
-    return out_png
+    return save_png(fig, out_png)
 
 
 # -- entry points ----------------------------------------------------------------------------
